@@ -1,0 +1,170 @@
+"""Run configuration: frozen dataclasses, the presets, and JSON round-trips.
+
+A run directory holds its full configuration as ``config.json``; ``RunConfig.from_dict`` reads
+it back, so a run can be resumed or re-probed with exactly the settings it was made with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# Variant names as the paper uses them, mapped to the normalisation layer they select.
+VARIANT_NORMS: dict[str, str] = {"standard": "none", "batchnorm": "batchnorm"}
+
+
+def norm_for_variant(variant: str) -> str:
+    """Returns the normalisation name for a variant ('standard' -> 'none'; others as named)."""
+    return VARIANT_NORMS.get(variant, variant)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "vgg11"
+    width: float = 1.0
+    norm: str = "none"
+    placement: str = "before"
+    conv_impl: str = "auto"  # "xla", "shifted", or "auto" (shifted on CPU, XLA's elsewhere)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "sgd"  # "sgd", "momentum", "adam"
+    learning_rate: float = 0.1
+    momentum: float = 0.9  # used by "momentum" only
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 1  # save every k-th step (the paper's analysis needs every step)
+    max_to_keep: int | None = 5  # the newest few are kept ...
+    keep_period: int | None = 100  # ... and every k-th step forever
+    keep_all: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.every > 0
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    enabled: bool = True
+    # Step sizes as multiples of the learning rate: the paper's VGG grid spans [1/2, 4] x lr
+    # (SPEC, "The landscape probe"). ``etas`` (absolute) overrides the relative grid.
+    eta_min_factor: float = 0.5
+    eta_max_factor: float = 4.0
+    num_etas: int = 8
+    etas: tuple[float, ...] | None = None
+    every: int = 1  # probe every k-th checkpointed step
+    strategy: str = "auto"  # "unroll", "vmap", "map", "auto"
+    map_batch_size: int = 1
+
+    def grid(self, learning_rate: float) -> tuple[float, ...]:
+        """Returns the absolute step sizes eta of the probe grid."""
+        if self.etas is not None:
+            return tuple(float(e) for e in self.etas)
+        lo, hi = self.eta_min_factor * learning_rate, self.eta_max_factor * learning_rate
+        if self.num_etas == 1:
+            return (lo,)
+        return tuple(lo + (hi - lo) * i / (self.num_etas - 1) for i in range(self.num_etas))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run; saved as ``config.json`` in the run directory."""
+
+    preset: str = "custom"
+    data: str = "cifar10"
+    seed: int = 0
+    steps: int = 15_000
+    batch_size: int = 128
+    eval_every: int = 500  # test accuracy interval in steps (0 = only at the end)
+    eval_batches: int | None = None  # limit the test set to this many batches of 1,000
+    log_every: int = 50  # how often metrics are flushed from the device to disk
+    variants: tuple[str, ...] = ("standard", "batchnorm")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        raw = dict(raw)
+        nested = {
+            "model": ModelConfig,
+            "optimizer": OptimizerConfig,
+            "checkpoint": CheckpointConfig,
+            "probe": ProbeConfig,
+        }
+        for key, sub in nested.items():
+            if key in raw:
+                values = dict(raw[key])
+                if key == "probe" and values.get("etas") is not None:
+                    values["etas"] = tuple(values["etas"])
+                raw[key] = sub(**values)
+        if "variants" in raw:
+            raw["variants"] = tuple(raw["variants"])
+        return cls(**raw)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def model_for(self, variant: str) -> ModelConfig:
+        """Returns the model configuration of one variant of this run."""
+        return dataclasses.replace(self.model, norm=norm_for_variant(variant))
+
+
+PRESETS: dict[str, RunConfig] = {
+    # Synthetic data, a narrow VGG-11: the whole probe run well under a minute on 2 CPU cores.
+    "smoke": RunConfig(
+        preset="smoke",
+        data="synthetic",
+        steps=60,
+        batch_size=32,
+        eval_every=30,
+        eval_batches=1,
+        log_every=10,
+        model=ModelConfig(width=0.125),
+        checkpoint=CheckpointConfig(every=1, max_to_keep=5, keep_period=10),
+        probe=ProbeConfig(every=2),
+    ),
+    # Real CIFAR-10, VGG-11 at width 1/4: long enough for the standard network to leave its
+    # initial plateau (~150 steps) and show the regime the paper reports.
+    "quick": RunConfig(
+        preset="quick",
+        data="cifar10",
+        steps=1_500,
+        batch_size=128,
+        eval_every=250,
+        eval_batches=2,
+        log_every=50,
+        model=ModelConfig(width=0.25),
+        checkpoint=CheckpointConfig(every=1, max_to_keep=5, keep_period=50),
+        probe=ProbeConfig(every=5),
+    ),
+    # SPEC's full protocol (VGG-11, batch 128, lr 0.1, 15,000 steps, every step probed): for a GPU.
+    "paper": RunConfig(
+        preset="paper",
+        data="cifar10",
+        steps=15_000,
+        batch_size=128,
+        eval_every=500,
+        log_every=100,
+        model=ModelConfig(width=1.0),
+        checkpoint=CheckpointConfig(every=1, max_to_keep=5, keep_period=500),
+        probe=ProbeConfig(every=1),
+    ),
+}
+
+
+def preset(name: str) -> RunConfig:
+    """Returns the preset called ``name`` (smoke, quick or paper)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

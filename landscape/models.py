@@ -1,0 +1,189 @@
+"""Networks: the VGG family at CIFAR size, with the normalisation layer chosen by name.
+
+Every model here is a Flax module called as ``model.apply(variables, images, train=...)``.
+Models without normalisation still share the BatchNorm code path: their ``batch_stats``
+collection is simply empty, so the trainer and the probe never branch on the variant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Conv widths of the VGG family (Simonyan & Zisserman 2015, table 1); "M" is a 2x2 max-pool.
+VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16": (
+        *(64, 64, "M", 128, 128, "M"),
+        *(256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    ),
+    "vgg19": (
+        *(64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M"),
+        *(512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
+    ),
+}
+
+# The paper initialises both variants with Glorot (SPEC, "Training protocol").
+glorot = nn.initializers.glorot_uniform()
+
+
+def scaled_width(channels: int, width: float) -> int:
+    """Returns the number of channels after applying the width multiplier (at least 1)."""
+    return max(1, round(channels * width))
+
+
+class Conv3x3(nn.Module):
+    """A 3x3, stride 1, 'same'-padded convolution with a choice of implementation.
+
+    ``impl="xla"`` is ``lax.conv_general_dilated``. ``impl="shifted"`` writes the same
+    convolution as nine shifted slices concatenated on channels followed by one matrix
+    product; on XLA's CPU backend it is much faster for small spatial sizes with many
+    channels (measured in the performance issue), and it gives the same numbers.
+    The parameters are the same in both (kernel HWIO, bias), so checkpoints are shared.
+    """
+
+    features: int
+    impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_features = x.shape[-1]
+        kernel = self.param("kernel", glorot, (3, 3, in_features, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        if self.impl == "xla":
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        elif self.impl == "shifted":
+            height, width = x.shape[1], x.shape[2]
+            padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            patches = jnp.concatenate(
+                [padded[:, i : i + height, j : j + width, :] for i in range(3) for j in range(3)],
+                axis=-1,
+            )
+            y = patches @ kernel.reshape(9 * in_features, self.features)
+        else:
+            raise ValueError(f"unknown convolution implementation {self.impl!r}")
+        return y + bias
+
+
+# --- normalisation layers, chosen by name -----------------------------------------------------
+#
+# A normaliser is a factory ``(train: bool) -> Module | None``. Later variants (noisy BN, l_p
+# normalisation) register here and every model, the trainer and the probe pick them up.
+
+NormFactory = Callable[[bool], nn.Module | None]
+
+
+def _no_norm(train: bool) -> None:
+    return None
+
+
+def _batchnorm(train: bool) -> nn.Module:
+    # PyTorch-compatible constants (momentum 0.1 there == 0.9 here, eps 1e-5). In train mode the
+    # batch statistics normalise and the running averages are updated; in eval mode the running
+    # averages normalise (SPEC, "From the seed notes").
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+
+
+NORMALIZERS: dict[str, NormFactory] = {"none": _no_norm, "batchnorm": _batchnorm}
+PLACEMENTS = ("before", "after")  # normalisation before or after the activation
+
+
+def register_normalizer(name: str, factory: NormFactory) -> None:
+    """Registers a normalisation layer so every model can select it by ``name``."""
+    NORMALIZERS[name] = factory
+
+
+def make_norm(name: str, train: bool) -> nn.Module | None:
+    """Returns the normalisation module called ``name`` (None for no normalisation)."""
+    try:
+        factory = NORMALIZERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown normalisation {name!r}; choose one of {', '.join(NORMALIZERS)}"
+        ) from None
+    return factory(train)
+
+
+class VGG(nn.Module):
+    """VGG at CIFAR size: conv blocks from ``VGG_CONFIGS``, then one linear classifier.
+
+    Each conv is followed by the normalisation (``norm``) and ReLU; ``placement`` says whether
+    the normalisation comes before the ReLU (the paper's BN variant) or after it. Returns logits
+    of shape (batch, num_classes).
+    """
+
+    depth: str = "vgg11"
+    width: float = 1.0
+    norm: str = "none"
+    placement: str = "before"
+    num_classes: int = 10
+    conv_impl: str | Sequence[str] = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        layers = VGG_CONFIGS[self.depth]
+        num_convs = sum(1 for v in layers if v != "M")
+        impls = [self.conv_impl] * num_convs if isinstance(self.conv_impl, str) else self.conv_impl
+        conv_index = 0
+        for v in layers:
+            if v == "M":
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                continue
+            x = Conv3x3(scaled_width(int(v), self.width), impl=impls[conv_index])(x)
+            conv_index += 1
+            norm = make_norm(self.norm, train)
+            if self.placement == "before":
+                x = nn.relu(norm(x) if norm is not None else x)
+            else:
+                x = nn.relu(x)
+                x = norm(x) if norm is not None else x
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(self.num_classes, kernel_init=glorot, bias_init=nn.initializers.zeros)(x)
+
+
+def create_model(
+    arch: str = "vgg11",
+    *,
+    width: float = 1.0,
+    norm: str = "none",
+    placement: str = "before",
+    num_classes: int = 10,
+    conv_impl: str = "xla",
+) -> nn.Module:
+    """Returns the Flax module named ``arch`` with the given normalisation and width."""
+    if arch not in VGG_CONFIGS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(VGG_CONFIGS)}")
+    make_norm(norm, True)  # validates the name early, with the list of choices
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; choose 'before' or 'after'")
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    impl: Any = conv_impl
+    if conv_impl == "auto":
+        impl = "shifted" if jax.default_backend() == "cpu" else "xla"
+    return VGG(
+        depth=arch,
+        width=width,
+        norm=norm,
+        placement=placement,
+        num_classes=num_classes,
+        conv_impl=impl,
+    )
+
+
+def init_variables(model: nn.Module, key: jax.Array, image_shape=(32, 32, 3)) -> dict:
+    """Returns ``{"params": ..., "batch_stats": ...}``; ``batch_stats`` is ``{}`` without BN."""
+    variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def count_params(params) -> int:
+    """Returns the number of scalar parameters in a pytree."""
+    return sum(int(p.size) for p in jax.tree.leaves(params))

@@ -1,0 +1,192 @@
+"""Per-step records of a run: append-only JSON Lines, and loaders for notebooks.
+
+Layout of a run directory::
+
+    RUN_DIR/config.json           the full RunConfig
+    RUN_DIR/provenance.json       versions, device, dataset and its checksum
+    RUN_DIR/<variant>/metrics.jsonl   one row per training step (+ rows with test metrics)
+    RUN_DIR/<variant>/probe.jsonl     one row per probed step: per-eta arrays and reductions
+    RUN_DIR/<variant>/checkpoints/    orbax checkpoints
+
+Rows are appended as they are produced, flushed before each checkpoint, so a killed run keeps
+every row up to its last checkpoint. Non-finite numbers are written as ``NaN``/``Infinity``
+(Python's JSON dialect, which pandas and ``json.loads`` read back).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+PROBE_FILE = "probe.jsonl"
+PER_ETA_FIELDS = ("etas", "loss", "grad_dist", "step_norm")
+
+
+class RecordWriter:
+    """Appends JSON rows to a file; each ``write`` reaches the OS before it returns."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(_plain(row)) + "\n" for row in rows)
+        if lines:
+            self._file.write(lines)
+            self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _plain(value: Any) -> Any:
+    """Converts numpy/jax scalars and arrays to JSON-serialisable Python values."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Returns the rows of a JSON Lines file; a torn last line (a killed write) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def truncate_rows(path: str | os.PathLike, keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrites a JSON Lines file atomically with only the rows ``keep`` accepts.
+
+    Used on resume: rows past the checkpoint a run restarts from are dropped, so the rerun
+    steps are not recorded twice. Returns the number of rows kept.
+    """
+    path = Path(path)
+    rows = [row for row in read_rows(path) if keep(row)]
+    if not path.exists():
+        return 0
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(rows)
+
+
+def variants(run_dir: str | os.PathLike) -> list[str]:
+    """Returns the variants recorded in a run directory, in the order of its config."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        listed = json.loads(config_path.read_text()).get("variants", [])
+        found = [v for v in listed if (run_dir / v).is_dir()]
+        if found:
+            return found
+    return sorted(p.name for p in run_dir.iterdir() if (p / METRICS_FILE).exists())
+
+
+def _dedupe_by_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # The last row for a step wins; a resumed run rewrites none, but stay safe for old files.
+    by_step = {row["step"]: row for row in rows}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _stack(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    if not rows:
+        return {}
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    out = {}
+    for key in keys:
+        values = [row.get(key) for row in rows]
+        if key in PER_ETA_FIELDS:
+            out[key] = np.asarray(values, dtype=np.float64)
+        elif all(isinstance(v, int | float) or v is None for v in values):
+            out[key] = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+            if key in ("step", "diverged"):
+                out[key] = out[key].astype(np.int64)
+        else:
+            out[key] = np.asarray(values, dtype=object)
+    return out
+
+
+def load(run_dir: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
+    """Loads the probe records of a run.
+
+    Returns ``{variant: {field: array}}``, rows sorted by step: ``step`` (S,), per-eta fields
+    ``etas``, ``loss``, ``grad_dist``, ``step_norm`` of shape (S, K), and the per-step reductions
+    ``loss0``, ``grad_norm``, ``loss_min``, ``loss_max``, ``loss_band``, ``grad_dist_min``,
+    ``grad_dist_max``, ``beta``, ``diverged`` of shape (S,). For a pandas table use ``table``.
+    """
+    out = {}
+    for variant in variants(run_dir):
+        rows = _dedupe_by_step(read_rows(Path(run_dir) / variant / PROBE_FILE))
+        if rows:
+            out[variant] = _stack(rows)
+    return out
+
+
+def load_metrics(run_dir: str | os.PathLike) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """Loads the training metrics of a run.
+
+    Returns ``{variant: {"train": {...}, "test": {...}}}``: ``train`` has ``step``, ``loss``
+    (cross-entropy, nats) and ``accuracy`` (fraction) per step; ``test`` has ``step``,
+    ``test_loss`` and ``test_accuracy`` at each evaluation.
+    """
+    out = {}
+    for variant in variants(run_dir):
+        rows = read_rows(Path(run_dir) / variant / METRICS_FILE)
+        train = _dedupe_by_step([r for r in rows if "loss" in r])
+        test = _dedupe_by_step([r for r in rows if "test_accuracy" in r])
+        out[variant] = {"train": _stack(train), "test": _stack(test)}
+    return out
+
+
+def table(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Returns the probe records as flat rows (one per variant, step and eta).
+
+    ``pandas.DataFrame(landscape.results.table(run_dir))`` gives a long-format table with
+    columns variant, step, eta, loss, grad_dist, step_norm and the per-step reductions.
+    """
+    flat = []
+    for variant in variants(run_dir):
+        for row in _dedupe_by_step(read_rows(Path(run_dir) / variant / PROBE_FILE)):
+            scalars = {k: v for k, v in row.items() if k not in PER_ETA_FIELDS}
+            for i, eta in enumerate(row["etas"]):
+                flat.append(
+                    {
+                        "variant": variant,
+                        **scalars,
+                        "eta": eta,
+                        "loss": row["loss"][i],
+                        "grad_dist": row["grad_dist"][i],
+                        "step_norm": row["step_norm"][i],
+                    }
+                )
+    return flat

@@ -1,0 +1,107 @@
+"""Models: parameter counts, shapes, and BatchNorm's train/eval behaviour (SPEC, seed notes)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from landscape.models import count_params, create_model, init_variables
+
+
+def vgg_param_count(widths, num_classes=10, batchnorm=False):
+    """Counts parameters from the layer list by hand: 3x3 kernels + biases (+ BN scale/shift)."""
+    total, cin = 0, 3
+    for w in widths:
+        total += 9 * cin * w + w + (2 * w if batchnorm else 0)
+        cin = w
+    return total + cin * num_classes + num_classes
+
+
+VGG11 = (64, 128, 256, 256, 512, 512, 512, 512)
+
+
+@pytest.mark.parametrize("norm", ["none", "batchnorm"])
+def test_vgg11_full_width_parameter_count(norm):
+    model = create_model("vgg11", norm=norm)
+    variables = jax.eval_shape(lambda k: init_variables(model, k), jax.random.key(0))
+    expected = vgg_param_count(VGG11, batchnorm=norm == "batchnorm")
+    assert count_params(variables["params"]) == expected
+    # The widely quoted CIFAR VGG-11 counts (one linear classifier on the 512-d feature).
+    assert expected == {"none": 9_225_610, "batchnorm": 9_231_114}[norm]
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "vgg13", "vgg16", "vgg19"])
+@pytest.mark.parametrize("norm", ["none", "batchnorm"])
+def test_forward_shapes_and_empty_batch_stats(arch, norm):
+    model = create_model(arch, width=0.0625, norm=norm)
+    variables = init_variables(model, jax.random.key(0))
+    x = jnp.ones((2, 32, 32, 3))
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert logits.shape == (2, 10)
+    if norm == "none":
+        assert variables["batch_stats"] == {}
+        assert updates.get("batch_stats", {}) == {}
+    else:
+        assert len(jax.tree.leaves(variables["batch_stats"])) > 0
+
+
+def test_width_multiplier_scales_channels():
+    model = create_model("vgg11", width=0.25)
+    params = init_variables(model, jax.random.key(0))["params"]
+    assert params["Conv3x3_0"]["kernel"].shape == (3, 3, 3, 16)
+    assert params["Dense_0"]["kernel"].shape == (128, 10)
+
+
+def test_shifted_convolution_matches_xla():
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 5))
+    outs = {}
+    for impl in ("xla", "shifted"):
+        model = create_model("vgg11", width=0.0625, conv_impl=impl)
+        variables = init_variables(model, jax.random.key(0), image_shape=(32, 32, 5))
+        outs[impl] = model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+    np.testing.assert_allclose(outs["shifted"], outs["xla"], rtol=2e-5, atol=2e-6)
+
+
+def test_batchnorm_train_mode_normalises_with_batch_statistics_eval_with_running():
+    model = create_model("vgg11", width=0.0625, norm="batchnorm")
+    variables = init_variables(model, jax.random.key(0))
+    x = jax.random.normal(jax.random.key(2), (16, 32, 32, 3)) * 3.0 + 1.0
+    # Capture the first BN layer's input and output in train mode.
+    _, state = model.apply(
+        variables,
+        x,
+        train=True,
+        mutable=["batch_stats", "intermediates"],
+        capture_intermediates=True,
+    )
+    inter = state["intermediates"]
+    conv_out = inter["Conv3x3_0"]["__call__"][0]
+    bn_out = inter["BatchNorm_0"]["__call__"][0]
+    mu = conv_out.mean(axis=(0, 1, 2))
+    var = conv_out.var(axis=(0, 1, 2))  # biased, as BN uses
+    expected = (conv_out - mu) / jnp.sqrt(var + 1e-5)  # gamma = 1, beta = 0 at init
+    np.testing.assert_allclose(bn_out, expected, rtol=1e-4, atol=1e-4)
+    # Running averages move towards the batch statistics by (1 - momentum) = 0.1 ...
+    running = state["batch_stats"]["BatchNorm_0"]
+    np.testing.assert_allclose(running["mean"], 0.1 * mu, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(running["var"], 0.9 + 0.1 * var, rtol=1e-4)
+    # ... and in eval mode the running averages (not the batch) normalise, and nothing is updated.
+    _, eval_state = model.apply(
+        variables, x, train=False, mutable=["intermediates"], capture_intermediates=True
+    )
+    eval_bn = eval_state["intermediates"]["BatchNorm_0"]["__call__"][0]
+    init_stats = variables["batch_stats"]["BatchNorm_0"]
+    np.testing.assert_allclose(
+        eval_bn,
+        (conv_out - init_stats["mean"]) / jnp.sqrt(init_stats["var"] + 1e-5),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    assert "batch_stats" not in eval_state
+
+
+def test_unknown_names_give_clear_errors():
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        create_model("vgg11", norm="groupnorm")
+    with pytest.raises(ValueError, match="unknown architecture"):
+        create_model("vgg7")
