@@ -1,0 +1,3 @@
+from landscape.cli import app
+
+app(prog_name="landscape")

@@ -1,0 +1,526 @@
+"""A run: train each variant with the same seed and data order, checkpoint, probe, record.
+
+``run`` is what ``landscape train`` and ``landscape probe`` call; ``reprobe`` probes the saved
+checkpoints of an existing run again, on exactly the batch each step was trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from landscape.checkpoints import Checkpointer
+from landscape.config import ModelConfig, OptimizerConfig, RunConfig
+from landscape.data import Dataset, load_dataset
+from landscape.probe import default_strategy, probe, summarize
+from landscape.results import METRICS_FILE, PROBE_FILE, RecordWriter, truncate_rows
+from landscape.train import (
+    BatchSource,
+    TrainState,
+    build_model,
+    create_train_state,
+    evaluate,
+    make_eval_step,
+    make_loss_fn,
+    make_optimizer,
+    make_train_step,
+    step_batch,
+)
+
+
+class RunError(Exception):
+    """A user-facing problem with a run (the CLI prints the one-line message, exits 2)."""
+
+
+@dataclass
+class VariantReport:
+    """Timings of one variant's training in this process, in seconds of wall time."""
+
+    variant: str
+    steps_run: int = 0
+    probes_run: int = 0
+    wall_s: float = 0.0
+    train_s: float = 0.0
+    probe_s: float = 0.0
+    checkpoint_s: float = 0.0
+    compile_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --- the run directory ------------------------------------------------------------------------
+
+
+def prepare_run_dir(
+    run_dir: Path, config: RunConfig, *, resume: bool, overwrite: bool
+) -> RunConfig:
+    """Creates or reopens ``run_dir`` and returns the config the run continues with.
+
+    Writes ``config.json``. An existing directory is refused unless ``resume`` (then it must be
+    a landscape run) or ``overwrite`` is given: results are never lost by accident.
+    """
+    config_path = run_dir / "config.json"
+    if resume:
+        if not config_path.exists():
+            raise RunError(f"cannot resume: {run_dir} has no config.json (not a landscape run)")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunError(
+                f"run directory {run_dir} already exists; pass --resume to continue it "
+                "or --overwrite to replace it"
+            )
+        if not (config_path.exists() or (run_dir / "provenance.json").exists()):
+            raise RunError(
+                f"refusing to overwrite {run_dir}: it does not look like a landscape run"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    return config
+
+
+def provenance(dataset: Dataset, config: RunConfig) -> dict[str, Any]:
+    """Returns what is needed to trust or reproduce a run: versions, device, data, seed."""
+
+    def version(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    device = jax.devices()[0]
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "landscape": version("landscape"),
+        "jax": jax.__version__,
+        "jaxlib": version("jaxlib"),
+        "flax": version("flax"),
+        "optax": version("optax"),
+        "orbax-checkpoint": version("orbax-checkpoint"),
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "backend": jax.default_backend(),
+        "device": f"{device.platform}: {getattr(device, 'device_kind', str(device))}",
+        "device_count": jax.device_count(),
+        "seed": config.seed,
+        "dataset": dataset.name,
+        "dataset_source": dataset.source,
+        "dataset_sha256": dataset.checksum,
+        "train_examples": int(dataset.train_images.shape[0]),
+        "test_examples": int(dataset.test_images.shape[0]),
+    }
+
+
+# --- the loop and its hooks -------------------------------------------------------------------
+
+
+class Recorder:
+    """Keeps per-step results on the device and writes them to disk in one transfer at a time.
+
+    ``flush`` is called before each checkpoint, so the records on disk always reach at least
+    the newest checkpoint and a resumed run never misses or repeats a row.
+    """
+
+    def __init__(self, variant_dir: Path):
+        self.metrics = RecordWriter(variant_dir / METRICS_FILE)
+        self.probes = RecordWriter(variant_dir / PROBE_FILE)
+        self._metrics: list[dict] = []
+        self._probes: list[dict] = []
+        self.last: dict[str, float] = {}
+
+    def add_metrics(self, row: dict) -> None:
+        self._metrics.append(row)
+
+    def add_probe(self, row: dict) -> None:
+        self._probes.append(row)
+
+    def flush(self) -> None:
+        if not (self._metrics or self._probes):
+            return
+        metrics, probes = jax.device_get((self._metrics, self._probes))
+        self._metrics, self._probes = [], []
+        rows = [{k: _number(v) for k, v in row.items()} for row in metrics]
+        self.metrics.write(rows)
+        for row in rows:
+            self.last.update(row)
+        self.probes.write([probe_record(row) for row in probes])
+
+    def close(self) -> None:
+        self.flush()
+        self.metrics.close()
+        self.probes.close()
+
+
+def _number(value: Any) -> int | float:
+    value = np.asarray(value)
+    return int(value) if np.issubdtype(value.dtype, np.integer) else float(value)
+
+
+def make_probe_step(loss_fn: Callable, strategy: str, map_batch_size: int = 1) -> Callable:
+    """Returns jitted ``probe_step(state, batch, grads, loss0, etas) -> ProbeResult``.
+
+    It probes at the state's parameters, on the step's batch (with the same noise key as the
+    training step), reusing the training gradient; ``etas`` is traced, so a new grid of the
+    same length does not recompile.
+    """
+
+    @jax.jit
+    def probe_step(state: TrainState, batch: dict, grads, loss0, etas):
+        return probe(
+            loss_fn,
+            state.params,
+            step_batch(state, batch),
+            etas,
+            model_state=state.batch_stats,
+            grad=grads,
+            loss0=loss0,
+            strategy=strategy,
+            map_batch_size=map_batch_size,
+        )
+
+    return probe_step
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_functions(
+    model_config: ModelConfig,
+    optimizer_config: OptimizerConfig,
+    strategy: str,
+    map_batch_size: int,
+    num_classes: int,
+) -> tuple:
+    """Returns (model, optimizer, loss_fn, train_step, eval_step, probe_step) for a config.
+
+    Cached, so the variants of a sweep, a resumed run or a re-probe in the same process reuse
+    the compiled programs instead of compiling them again.
+    """
+    model = build_model(model_config, num_classes)
+    optimizer = make_optimizer(optimizer_config)
+    loss_fn = make_loss_fn(model)
+    return (
+        model,
+        optimizer,
+        loss_fn,
+        make_train_step(loss_fn, optimizer),
+        make_eval_step(model),
+        make_probe_step(loss_fn, strategy, map_batch_size),
+    )
+
+
+@dataclass
+class Trainer:
+    """The compiled functions and data of one variant; shared by ``run`` and ``reprobe``."""
+
+    config: RunConfig
+    variant: str
+    dataset: Dataset
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        strategy = cfg.probe.strategy
+        if strategy == "auto":
+            strategy = default_strategy()
+        self.probe_strategy = strategy
+        fns = compiled_functions(
+            cfg.model_for(self.variant),
+            cfg.optimizer,
+            strategy,
+            cfg.probe.map_batch_size,
+            self.dataset.num_classes,
+        )
+        self.model, self.optimizer, self.loss_fn, self.train_step, self.eval_step = fns[:5]
+        self.probe_step = fns[5]
+        self.etas = jnp.asarray(cfg.probe.grid(cfg.optimizer.learning_rate), jnp.float32)
+        ds = self.dataset
+        self.train_source = BatchSource(
+            ds.train_images, ds.train_labels, ds.mean, ds.std, cfg.batch_size, cfg.seed
+        )
+        self.test_source = BatchSource(
+            ds.test_images, ds.test_labels, ds.mean, ds.std, cfg.batch_size, cfg.seed
+        )
+
+    def initial_state(self) -> TrainState:
+        return create_train_state(self.model, self.optimizer, self.config.seed)
+
+    def probe_at(self, state: TrainState, step: int, etas: jax.Array | None = None):
+        """Returns ``(StepOutput, ProbeResult)`` for the state of ``step`` on its own batch."""
+        batch = self.train_source(step)
+        _, out = self.train_step(state, batch)
+        result = self.probe_step(
+            state, batch, out.grads, out.loss, self.etas if etas is None else etas
+        )
+        return out, result
+
+
+def _probe_row(step: int, etas: jax.Array, result) -> dict:
+    return {"step": step, "etas": etas, **result._asdict()}
+
+
+def probe_record(row: dict) -> dict:
+    """Returns a fetched probe row as plain Python values, with its reductions added."""
+    plain = {k: (np.asarray(v).tolist() if np.ndim(v) else _number(v)) for k, v in row.items()}
+    return {**plain, **summarize(plain)}
+
+
+def train_variant(
+    trainer: Trainer,
+    variant_dir: Path,
+    *,
+    resume: bool = False,
+    probe_enabled: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> VariantReport:
+    """Trains one variant to ``config.steps``, checkpointing, probing and recording as it goes.
+
+    Returns the timings of the work done in this call. ``on_step(step, last_metrics)`` is
+    called after every step (for progress bars).
+    """
+    cfg = trainer.config
+    report = VariantReport(trainer.variant)
+    ckpt_cfg = cfg.checkpoint
+    ckpt_every = ckpt_cfg.every if ckpt_cfg.enabled else 0
+    probe_every = cfg.probe.every * max(ckpt_every, 1)
+    probing = probe_enabled and cfg.probe.enabled
+
+    state = trainer.initial_state()
+    start = 0
+    checkpointer = Checkpointer(variant_dir / "checkpoints", ckpt_cfg) if ckpt_every else None
+    if resume and checkpointer is not None and checkpointer.latest_step() is not None:
+        start = int(checkpointer.latest_step())
+        state = checkpointer.restore(start, state)
+    # Rows past the restart point were produced after the newest checkpoint: drop them so the
+    # rerun steps are recorded once.
+    truncate_rows(
+        variant_dir / METRICS_FILE,
+        lambda r: r["step"] < start or ("test_accuracy" in r and r["step"] <= start),
+    )
+    truncate_rows(variant_dir / PROBE_FILE, lambda r: r["step"] < start)
+    recorder = Recorder(variant_dir)
+    t_begin = time.perf_counter()
+    try:
+        for step in range(start, cfg.steps):
+            if ckpt_every and step % ckpt_every == 0 and not (resume and step == start):
+                recorder.flush()
+                t0 = time.perf_counter()
+                checkpointer.save(step, state)
+                report.checkpoint_s += time.perf_counter() - t0
+            batch = trainer.train_source(step)
+            t0 = time.perf_counter()
+            new_state, out = trainer.train_step(state, batch)
+            jax.block_until_ready(out.loss)
+            t1 = time.perf_counter()
+            report.train_s += t1 - t0
+            if step == start:
+                report.compile_s += t1 - t0
+            recorder.add_metrics({"step": step, "loss": out.loss, "accuracy": out.accuracy})
+            if probing and step % probe_every == 0:
+                result = trainer.probe_step(state, batch, out.grads, out.loss, trainer.etas)
+                jax.block_until_ready(result)
+                report.probe_s += time.perf_counter() - t1
+                report.probes_run += 1
+                recorder.add_probe(_probe_row(step, trainer.etas, result))
+            state = new_state
+            report.steps_run += 1
+            done = step + 1
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+                metrics = evaluate(trainer.eval_step, state, trainer.test_source, cfg.eval_batches)
+                recorder.add_metrics({"step": done, **metrics})
+            if not ckpt_every and done % max(cfg.log_every, 1) == 0:
+                recorder.flush()
+            if on_step is not None:
+                if done % max(cfg.log_every, 1) == 0 or ckpt_every:
+                    recorder.flush()
+                on_step(done, recorder.last)
+        recorder.flush()
+        if checkpointer is not None and cfg.steps > start:
+            t0 = time.perf_counter()
+            checkpointer.save(cfg.steps, state, force=True)
+            report.checkpoint_s += time.perf_counter() - t0
+    finally:
+        recorder.close()
+        if checkpointer is not None:
+            t0 = time.perf_counter()
+            checkpointer.close()
+            report.checkpoint_s += time.perf_counter() - t0
+    report.wall_s = time.perf_counter() - t_begin
+    return report
+
+
+# --- whole runs ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(enabled: bool, total: int, variants: list[str]) -> Iterator[Callable]:
+    """Yields ``make_callback(variant) -> on_step``; a rich progress bar when ``enabled``."""
+    if not enabled:
+        yield lambda variant: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("[bold]{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("loss {task.fields[loss]} acc {task.fields[acc]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, refresh_per_second=4) as bar:
+        tasks = {
+            v: bar.add_task(v, total=total, start=False, rate="", loss="-", acc="-")
+            for v in variants
+        }
+
+        def make(variant: str) -> Callable:
+            task = tasks[variant]
+            bar.start_task(task)
+
+            def on_step(step: int, last: dict[str, float]) -> None:
+                speed = bar.tasks[task].speed
+                bar.update(
+                    task,
+                    completed=step,
+                    rate=f"{speed:.2f} steps/s" if speed else "",
+                    loss=f"{last['loss']:.3f}" if "loss" in last else "-",
+                    acc=f"{last['accuracy']:.2f}" if "accuracy" in last else "-",
+                )
+
+            return on_step
+
+        yield make
+
+
+def run(
+    config: RunConfig,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    probe_enabled: bool = True,
+    progress: bool = True,
+    dataset: Dataset | None = None,
+) -> list[VariantReport]:
+    """Trains (and probes) every variant of ``config`` into ``run_dir``.
+
+    Returns one ``VariantReport`` per variant. Records, checkpoints, ``config.json`` and
+    ``provenance.json`` are written as the run goes, so an interrupted run can be resumed.
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        saved = load_config(run_dir)
+        config = saved.replace(steps=max(saved.steps, config.steps), data=config.data)
+    # The data is loaded before the run directory is touched: a bad --data never costs a run.
+    if dataset is None:
+        dataset = load_dataset(config.data, progress=progress)
+    if resume:
+        check_same_data(run_dir, dataset)
+    config = prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+    if not probe_enabled and config.probe.enabled and not resume:
+        config = config.replace(probe=dataclasses.replace(config.probe, enabled=False))
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    if not resume or not (run_dir / "provenance.json").exists():
+        (run_dir / "provenance.json").write_text(
+            json.dumps(provenance(dataset, config), indent=2) + "\n"
+        )
+    reports = []
+    with _progress(progress, config.steps, list(config.variants)) as make_callback:
+        for variant in config.variants:
+            trainer = Trainer(config, variant, dataset)
+            reports.append(
+                train_variant(
+                    trainer,
+                    run_dir / variant,
+                    resume=resume,
+                    probe_enabled=probe_enabled and config.probe.enabled,
+                    on_step=make_callback(variant),
+                )
+            )
+    return reports
+
+
+def load_config(run_dir: str | os.PathLike) -> RunConfig:
+    """Returns the ``RunConfig`` saved in ``run_dir``."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise RunError(f"{run_dir} is not a landscape run (no config.json)")
+    return RunConfig.from_dict(json.loads(path.read_text()))
+
+
+def check_same_data(run_dir: Path, dataset: Dataset) -> None:
+    """Raises RunError unless ``dataset`` is the data the run in ``run_dir`` was trained on."""
+    path = Path(run_dir) / "provenance.json"
+    expected = json.loads(path.read_text()).get("dataset_sha256") if path.exists() else None
+    if expected is not None and expected != dataset.checksum:
+        raise RunError(
+            f"the data differs from the run's (sha256 {dataset.checksum[:12]}..., the run used "
+            f"{expected[:12]}...); pass the --data the run was trained on"
+        )
+
+
+def reprobe(
+    run_dir: str | os.PathLike,
+    *,
+    etas: tuple[float, ...] | None = None,
+    steps: list[int] | None = None,
+    variants: list[str] | None = None,
+    out_name: str = "reprobe.jsonl",
+    progress: bool = True,
+    dataset: Dataset | None = None,
+) -> dict[str, Path]:
+    """Probes the saved checkpoints of a run again, on the batch each step was trained on.
+
+    ``etas`` replaces the run's grid (any length); ``steps`` limits the checkpoints probed.
+    Records are written to ``RUN_DIR/<variant>/<out_name>`` in the probe's format, one row per
+    checkpoint, appended as they are produced. Returns the paths written, by variant.
+    """
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    if etas is not None:
+        config = config.replace(probe=dataclasses.replace(config.probe, etas=tuple(etas)))
+    if dataset is None:
+        dataset = load_dataset(config.data, progress=progress)
+    check_same_data(run_dir, dataset)
+    written = {}
+    for variant in variants or list(config.variants):
+        ckpt_dir = run_dir / variant / "checkpoints"
+        if not ckpt_dir.exists():
+            raise RunError(f"variant {variant!r} has no checkpoints in {run_dir}")
+        trainer = Trainer(config, variant, dataset)
+        checkpointer = Checkpointer(ckpt_dir, config.checkpoint)
+        chosen = [s for s in checkpointer.steps() if steps is None or s in set(steps)]
+        path = run_dir / variant / out_name
+        path.unlink(missing_ok=True)
+        template = trainer.initial_state()
+        with RecordWriter(path) as writer:
+            for step in chosen:
+                state = checkpointer.restore(step, template)
+                _, result = trainer.probe_at(state, step)
+                writer.write([probe_record(jax.device_get(_probe_row(step, trainer.etas, result)))])
+        checkpointer.close()
+        written[variant] = path
+    return written

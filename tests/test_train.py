@@ -1,0 +1,160 @@
+"""Trainer: learning, checkpoints, resume equality, retention, probe on/off equality."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from conftest import with_
+
+from landscape.checkpoints import Checkpointer
+from landscape.config import CheckpointConfig
+from landscape.results import load, load_metrics, read_rows
+from landscape.runs import RunError, Trainer, reprobe, run
+
+
+def params_of(run_dir, variant, config, dataset, step=None):
+    trainer = Trainer(config, variant, dataset)
+    with Checkpointer(run_dir / variant / "checkpoints", config.checkpoint) as ckpt:
+        return ckpt.restore(step, trainer.initial_state())
+
+
+def assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_loss_decreases_on_synthetic_data(tmp_path, tiny_config, tiny_dataset):
+    cfg = with_(
+        tiny_config,
+        steps=60,
+        batch_size=32,
+        eval_every=0,
+        variants=("batchnorm",),
+        checkpoint={"every": 0},
+        probe={"enabled": False},
+    )
+    run(cfg, tmp_path / "r", progress=False, probe_enabled=False, dataset=tiny_dataset)
+    train = load_metrics(tmp_path / "r")["batchnorm"]["train"]
+    assert len(train["step"]) == 60
+    assert train["loss"][-10:].mean() < 0.8 * train["loss"][:10].mean()
+
+
+def test_run_dir_contents_and_checkpoint_round_trip(tmp_path, tiny_config, tiny_dataset):
+    run_dir = tmp_path / "r"
+    run(tiny_config, run_dir, progress=False, dataset=tiny_dataset)
+    assert json.loads((run_dir / "config.json").read_text())["steps"] == 6
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert prov["dataset_sha256"] == tiny_dataset.checksum and prov["seed"] == 3
+    assert {"jax", "flax", "device"} <= set(prov)
+    for variant in ("standard", "batchnorm"):
+        with Checkpointer(run_dir / variant / "checkpoints") as ckpt:
+            assert ckpt.steps() == list(range(7))
+        # The checkpoint of step t, trained on from t, reaches the same parameters as the run.
+        trainer = Trainer(tiny_config, variant, tiny_dataset)
+        state = params_of(run_dir, variant, tiny_config, tiny_dataset, step=4)
+        for step in (4, 5):
+            state, _ = trainer.train_step(state, trainer.train_source(step))
+        assert_trees_equal(state, params_of(run_dir, variant, tiny_config, tiny_dataset, step=6))
+    records = load(run_dir)
+    assert list(records["standard"]["step"]) == list(range(6))
+    metrics = load_metrics(run_dir)["batchnorm"]
+    assert list(metrics["test"]["step"]) == [3, 6]
+
+
+def test_resume_is_bit_identical_and_records_have_no_duplicates(
+    tmp_path, tiny_config, tiny_dataset
+):
+    full, part = tmp_path / "full", tmp_path / "part"
+    run(tiny_config, full, progress=False, dataset=tiny_dataset)
+    run(tiny_config.replace(steps=3), part, progress=False, dataset=tiny_dataset)
+    # Simulate a kill after step 4 was recorded but before its checkpoint: stale rows must go.
+    run(tiny_config.replace(steps=6), part, resume=True, progress=False, dataset=tiny_dataset)
+    for variant in tiny_config.variants:
+        assert_trees_equal(
+            params_of(full, variant, tiny_config, tiny_dataset),
+            params_of(part, variant, tiny_config, tiny_dataset),
+        )
+        rows = read_rows(part / variant / "probe.jsonl")
+        assert [r["step"] for r in rows] == list(range(6))
+        full_rows = read_rows(full / variant / "probe.jsonl")
+        for a, b in zip(rows, full_rows, strict=True):
+            assert a == b
+        steps = [r["step"] for r in read_rows(part / variant / "metrics.jsonl") if "loss" in r]
+        assert steps == list(range(6))
+
+
+def test_resume_drops_rows_written_after_the_newest_checkpoint(tmp_path, tiny_config, tiny_dataset):
+    run_dir = tmp_path / "r"
+    cfg = tiny_config.replace(variants=("standard",))
+    run(cfg.replace(steps=4), run_dir, progress=False, dataset=tiny_dataset)
+    # A killed run may have recorded steps past its newest complete checkpoint.
+    path = run_dir / "standard" / "probe.jsonl"
+    extra = read_rows(path)[-1] | {"step": 4}
+    with open(path, "a") as f:
+        f.write(json.dumps(extra) + "\n")
+    run(cfg, run_dir, resume=True, progress=False, dataset=tiny_dataset)
+    assert [r["step"] for r in read_rows(path)] == list(range(6))
+    assert read_rows(path)[4] != extra
+
+
+def test_probe_does_not_change_training(tmp_path, tiny_config, tiny_dataset):
+    on, off = tmp_path / "on", tmp_path / "off"
+    run(tiny_config, on, progress=False, dataset=tiny_dataset)
+    run(tiny_config, off, progress=False, probe_enabled=False, dataset=tiny_dataset)
+    assert not (off / "standard" / "probe.jsonl").exists() or not read_rows(
+        off / "standard" / "probe.jsonl"
+    )
+    for variant in tiny_config.variants:
+        a = params_of(on, variant, tiny_config, tiny_dataset)
+        b = params_of(off, variant, tiny_config, tiny_dataset)
+        assert_trees_equal(a, b)  # params, BN running statistics, optimiser state, step
+
+
+def test_offline_reprobe_matches_inline(tmp_path, tiny_config, tiny_dataset):
+    run_dir = tmp_path / "r"
+    run(tiny_config, run_dir, progress=False, dataset=tiny_dataset)
+    written = reprobe(run_dir, progress=False, dataset=tiny_dataset)
+    for variant, path in written.items():
+        offline = {r["step"]: r for r in read_rows(path)}
+        inline = read_rows(run_dir / variant / "probe.jsonl")
+        assert inline
+        for row in inline:
+            assert offline[row["step"]] == row
+    # Any grid, any length: a new grid is accepted.
+    written = reprobe(
+        run_dir, etas=(0.01, 0.02), progress=False, dataset=tiny_dataset, out_name="fine.jsonl"
+    )
+    assert len(read_rows(written["standard"])[0]["etas"]) == 2
+
+
+def test_retention_keeps_newest_and_periodic(tmp_path, tiny_config, tiny_dataset):
+    cfg = with_(
+        tiny_config,
+        steps=12,
+        variants=("standard",),
+        probe={"enabled": False},
+        checkpoint={"every": 1, "max_to_keep": 2, "keep_period": 5},
+    )
+    run(cfg, tmp_path / "r", progress=False, probe_enabled=False, dataset=tiny_dataset)
+    with Checkpointer(tmp_path / "r" / "standard" / "checkpoints", cfg.checkpoint) as ckpt:
+        assert ckpt.steps() == [0, 5, 10, 11, 12]
+    keep_all = with_(cfg, checkpoint={"keep_all": True, "max_to_keep": 2})
+    run(keep_all, tmp_path / "all", progress=False, probe_enabled=False, dataset=tiny_dataset)
+    with Checkpointer(tmp_path / "all" / "standard" / "checkpoints", CheckpointConfig()) as ckpt:
+        assert ckpt.steps() == list(range(13))
+
+
+def test_existing_run_dir_is_refused(tmp_path, tiny_config, tiny_dataset):
+    run_dir = tmp_path / "r"
+    cfg = tiny_config.replace(steps=1, variants=("standard",))
+    run(cfg, run_dir, progress=False, dataset=tiny_dataset)
+    with pytest.raises(RunError, match="already exists"):
+        run(cfg, run_dir, progress=False, dataset=tiny_dataset)
+    run(cfg, run_dir, overwrite=True, progress=False, dataset=tiny_dataset)
+    other = tmp_path / "not-a-run"
+    other.mkdir()
+    (other / "precious.txt").write_text("x")
+    with pytest.raises(RunError, match="does not look like"):
+        run(cfg, other, overwrite=True, progress=False, dataset=tiny_dataset)
+    assert (other / "precious.txt").exists()
