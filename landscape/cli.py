@@ -217,15 +217,15 @@ def print_summary(run_dir: Path, config: RunConfig) -> None:
     table = Table(
         title=f"Landscape probe: medians over probed steps (early = steps < {early})",
         caption="loss band = max-min of L(x - eta g) over eta; grad dist max = max over eta of "
-        "||grad L(x - eta g) - g||; beta = effective beta-smoothness; diverged = steps with a "
-        "non-finite value; a ratio above 1 means the first variant is rougher.",
+        "||grad L(x - eta g) - g||; beta = effective beta-smoothness; div. = steps with a "
+        "non-finite value (inf: diverged); a ratio above 1 means the first variant is rougher.",
     )
     table.add_column("variant", no_wrap=True)
     table.add_column("phase")
     table.add_column("steps", justify="right")
     for title in ("loss band", "grad dist max", "beta"):
         table.add_column(title, justify="right")
-    table.add_column("diverged", justify="right")
+    table.add_column("div.", justify="right")
     for row in rows:
         table.add_row(
             row["variant"],
@@ -241,8 +241,8 @@ def _fmt(value: float) -> str:
     if value != value:
         return "n/a"
     if value == float("inf"):
-        return "inf (diverged)"
-    return f"{value:.4g}"
+        return "inf"
+    return f"{value:.3g}"
 
 
 def _run_command(

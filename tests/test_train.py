@@ -158,3 +158,17 @@ def test_existing_run_dir_is_refused(tmp_path, tiny_config, tiny_dataset):
     with pytest.raises(RunError, match="does not look like"):
         run(cfg, other, overwrite=True, progress=False, dataset=tiny_dataset)
     assert (other / "precious.txt").exists()
+
+
+def test_results_table_reads_into_pandas(tmp_path, tiny_config, tiny_dataset):
+    pd = pytest.importorskip("pandas")
+    from landscape.results import table
+
+    run_dir = tmp_path / "r"
+    run(tiny_config, run_dir, progress=False, dataset=tiny_dataset)
+    df = pd.DataFrame(table(run_dir))
+    assert len(df) == 2 * 6 * 3  # variants x probed steps x etas
+    assert {"variant", "step", "eta", "loss", "grad_dist", "step_norm", "beta"} <= set(df.columns)
+    per_step = df.groupby(["variant", "step"])["loss"].agg(["min", "max"])
+    records = load(run_dir)
+    np.testing.assert_allclose(per_step.loc["standard"]["max"], records["standard"]["loss_max"])
