@@ -300,10 +300,10 @@ def train_variant(
     probing = probe_enabled and cfg.probe.enabled
 
     state = trainer.initial_state()
-    start = 0
+    start, restored = 0, False
     checkpointer = Checkpointer(variant_dir / "checkpoints", ckpt_cfg) if ckpt_every else None
     if resume and checkpointer is not None and checkpointer.latest_step() is not None:
-        start = int(checkpointer.latest_step())
+        start, restored = int(checkpointer.latest_step()), True
         state = checkpointer.restore(start, state)
     # Rows past the restart point were produced after the newest checkpoint: drop them so the
     # rerun steps are recorded once.
@@ -316,7 +316,7 @@ def train_variant(
     t_begin = time.perf_counter()
     try:
         for step in range(start, cfg.steps):
-            if ckpt_every and step % ckpt_every == 0 and not (resume and step == start):
+            if ckpt_every and step % ckpt_every == 0 and not (restored and step == start):
                 recorder.flush()
                 t0 = time.perf_counter()
                 checkpointer.save(step, state)

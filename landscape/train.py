@@ -189,13 +189,17 @@ class BatchSource:
         return self._gather(self.images, self.labels, idx, self.mean, self.std)
 
     def chunks(self, chunk_size: int, limit: int | None = None):
-        """Yields consecutive (unshuffled) batches of the whole set, e.g. for evaluation."""
-        n = self.num_examples
-        starts = range(0, n, chunk_size)
+        """Yields batches covering the set, e.g. for evaluation; ``limit`` caps their number.
+
+        The examples come in a fixed random order, so a limited evaluation sees a random
+        subset of every class (image folders list their files class by class).
+        """
+        order = np.random.default_rng(0).permutation(self.num_examples).astype(np.int32)
+        starts = range(0, self.num_examples, chunk_size)
         if limit is not None:
             starts = starts[:limit]
         for start in starts:
-            idx = jnp.arange(start, min(start + chunk_size, n))
+            idx = jnp.asarray(order[start : start + chunk_size])
             yield self._gather(self.images, self.labels, idx, self.mean, self.std)
 
 

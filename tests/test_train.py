@@ -172,3 +172,15 @@ def test_results_table_reads_into_pandas(tmp_path, tiny_config, tiny_dataset):
     per_step = df.groupby(["variant", "step"])["loss"].agg(["min", "max"])
     records = load(run_dir)
     np.testing.assert_allclose(per_step.loc["standard"]["max"], records["standard"]["loss_max"])
+
+
+def test_limited_evaluation_sees_every_class():
+    from landscape.train import BatchSource
+
+    labels = np.repeat(np.arange(10), 100)  # sorted by class, as image folders are
+    images = np.zeros((1000, 32, 32, 3), np.uint8)
+    source = BatchSource(images, labels, np.zeros(3), np.ones(3), 10, seed=0)
+    seen = np.concatenate([np.asarray(b["label"]) for b in source.chunks(100, limit=2)])
+    assert len(seen) == 200 and set(seen.tolist()) == set(range(10))
+    everything = np.concatenate([np.asarray(b["label"]) for b in source.chunks(300)])
+    assert sorted(everything.tolist()) == sorted(labels.tolist())
