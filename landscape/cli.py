@@ -466,40 +466,7 @@ def train(
     progress: ProgressOpt = True,
 ) -> None:
     """Train the variants (default: standard and BatchNorm VGG) and checkpoint every step, without probing."""
-    try:
-        config = (
-            resumed_config(resume, steps, data)
-            if resume
-            else build_config(
-                preset_name=preset_name,
-                data=data,
-                steps=steps,
-                batch_size=batch_size,
-                lr=lr,
-                optimizer=optimizer,
-                seed=seed,
-                arch=arch,
-                width=width,
-                variants=variants,
-                conv_impl=conv_impl,
-                checkpoint_every=checkpoint_every,
-                max_to_keep=max_to_keep,
-                keep_period=keep_period,
-                keep_all=keep_all,
-                eval_every=eval_every,
-            )
-        )
-        _run_command(
-            config,
-            out,
-            resume=resume,
-            overwrite=overwrite,
-            probe_enabled=False,
-            progress=progress,
-            figures=False,
-        )
-    except CliError as err:
-        fail(str(err))
+    _start(locals(), probe_enabled=False)
 
 
 @app.command()
@@ -560,41 +527,29 @@ def probe(
     progress: ProgressOpt = True,
 ) -> None:
     """Train standard and BatchNorm VGG side by side and probe the loss landscape at every checkpoint (the paper's Figure 4)."""
+    _start(locals(), probe_enabled=True)
+
+
+def _start(options: dict, *, probe_enabled: bool) -> None:
+    """Runs ``train`` or ``probe`` from the command's options (a copy of its ``locals()``)."""
+    options = dict(options)
+    out, resume, overwrite = options.pop("out"), options.pop("resume"), options.pop("overwrite")
+    progress, figures = options.pop("progress"), options.pop("figures", False)
+    from_run = options.pop("from_run", None)
     try:
         if from_run is not None:
-            _reprobe(from_run, etas, data, progress)
+            _reprobe(from_run, options.get("etas"), options["data"], progress)
             return
-        config = (
-            resumed_config(resume, steps, data)
-            if resume
-            else build_config(
-                preset_name=preset_name,
-                data=data,
-                steps=steps,
-                batch_size=batch_size,
-                lr=lr,
-                optimizer=optimizer,
-                seed=seed,
-                arch=arch,
-                width=width,
-                variants=variants,
-                conv_impl=conv_impl,
-                checkpoint_every=checkpoint_every,
-                max_to_keep=max_to_keep,
-                keep_period=keep_period,
-                keep_all=keep_all,
-                eval_every=eval_every,
-                etas=etas,
-                probe_every=probe_every,
-                probe_strategy=probe_strategy,
-            )
-        )
+        if resume:
+            config = resumed_config(resume, options["steps"], options["data"])
+        else:
+            config = build_config(**options)
         _run_command(
             config,
             out,
             resume=resume,
             overwrite=overwrite,
-            probe_enabled=True,
+            probe_enabled=probe_enabled,
             progress=progress,
             figures=figures,
         )
