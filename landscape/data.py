@@ -511,7 +511,7 @@ def load_path(
     progress: bool = True,
 ) -> Dataset:
     """Returns the data at ``path``, detecting the binary format or an image folder."""
-    path = Path(path).expanduser()
+    path = Path(path).expanduser().absolute()  # provenance names the file unambiguously
     if not path.exists():
         raise DataError(f"data path {path} does not exist")
     if path.is_dir():
