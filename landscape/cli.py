@@ -628,6 +628,104 @@ def summary(
     print_summary(run_dir, load_saved_config(run_dir))
 
 
+@app.command()
+def bench(
+    preset_name: PresetOpt = "quick",
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="Data to time on. Speed does not depend on the pixels, so synthetic data of the same shape is the default.",
+        ),
+    ] = "synthetic",
+    variant: Annotated[
+        str, typer.Option("--variant", help="The variant to time: standard or batchnorm.")
+    ] = "batchnorm",
+    width: WidthOpt = None,
+    batch_size: BatchOpt = None,
+    arch: ArchOpt = None,
+    conv_impl: ConvOpt = None,
+    etas: Annotated[
+        str | None,
+        typer.Option(
+            "--etas", help="Probe grid (its length is what matters). Default: the paper's 8 values."
+        ),
+    ] = None,
+    strategies: Annotated[
+        str, typer.Option("--strategies", help="Probe strategies to compare.")
+    ] = "map,unroll,vmap",
+    repeats: Annotated[
+        int, typer.Option("--repeats", help="Alternating timing rounds; medians are reported.")
+    ] = 5,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Folder for the results file (bench.jsonl, one JSON line per run)."
+        ),
+    ] = Path("bench-results"),
+) -> None:
+    """Time the train step, each probe strategy, compilation and checkpointing, side by side in one process."""
+    from landscape.bench import result_rows, run_bench, write_results
+    from landscape.data import DataError, load_dataset
+    from landscape.probe import STRATEGIES
+
+    try:
+        config = build_config(
+            preset_name=preset_name,
+            data=data,
+            steps=None,
+            batch_size=batch_size,
+            lr=None,
+            optimizer=None,
+            seed=None,
+            arch=arch,
+            width=width,
+            variants=variant,
+            conv_impl=conv_impl,
+            checkpoint_every=None,
+            max_to_keep=None,
+            keep_period=None,
+            keep_all=False,
+            eval_every=None,
+            etas=etas,
+        )
+        validate(config)
+        chosen = parse_list(strategies, "--strategies")
+        bad = [s for s in chosen if s not in STRATEGIES]
+        if bad:
+            raise CliError(
+                f"unknown --strategies {', '.join(bad)}; choose from {', '.join(STRATEGIES)}"
+            )
+        if repeats < 1:
+            raise CliError("--repeats must be positive")
+        dataset = load_dataset(config.data, progress=True)
+    except CliError as err:
+        fail(str(err))
+    except DataError as err:
+        fail(str(err))
+    with console.status("benchmarking") as status:
+        result = run_bench(
+            config,
+            dataset,
+            variant=variant,
+            strategies=chosen,
+            repeats=repeats,
+            progress=lambda message: status.update(message),
+        )
+    path = write_results(result, out)
+    m = result["machine"]
+    table = Table(
+        title=f"{config.preset} preset, {variant}, width {config.model.width}, "
+        f"batch {config.batch_size} on {m['backend']} ({m['device']}, {m['cpu_count']} CPUs)"
+    )
+    table.add_column("quantity")
+    table.add_column("median", justify="right")
+    for name, value in result_rows(result):
+        table.add_row(name, value)
+    console.print(table)
+    console.print(f"results appended to {path}", highlight=False)
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m landscape`
     app()
 

@@ -1,0 +1,196 @@
+"""Speed measurements: train step, probe strategies, compile times, checkpoint overhead, memory.
+
+Everything is measured in one process, side by side: the candidates are timed in alternating
+rounds and the median of each is reported, so a shared, noisy machine slows them alike and the
+ratios stay meaningful. ``landscape bench`` and ``benchmarks/bench.py`` call ``run_bench``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from landscape.checkpoints import Checkpointer
+from landscape.config import RunConfig
+from landscape.data import Dataset
+from landscape.runs import Trainer, make_probe_step
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def machine() -> dict[str, Any]:
+    """Returns a description of where the numbers were taken."""
+    device = jax.devices()[0]
+    return {
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)),
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_bench(
+    config: RunConfig,
+    dataset: Dataset,
+    *,
+    variant: str = "batchnorm",
+    strategies: tuple[str, ...] = ("map", "unroll", "vmap"),
+    repeats: int = 5,
+    checkpoint_steps: int = 10,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Measures one variant of ``config`` and returns the figures (seconds, ratios, bytes).
+
+    Returns a dict with ``machine``, ``settings`` and ``results``: median seconds of one train
+    step and one gradient evaluation, per probe strategy its compile and run seconds and its
+    cost relative to K gradient evaluations, the checkpoint overhead ratio, and peak memory.
+    """
+    say = progress or (lambda message: None)
+    trainer = Trainer(config, variant, dataset)
+    state = trainer.initial_state()
+    batch = trainer.train_source(0)
+    etas = trainer.etas
+    num_etas = int(etas.shape[0])
+
+    say("compiling the train step")
+    compile_train = _timed(lambda: trainer.train_step(state, batch)[1].loss)
+    _, out = trainer.train_step(state, batch)
+    grad_only = jax.jit(jax.grad(lambda p, s, b: trainer.loss_fn(p, s, b)[0]))
+    grad_only(state.params, state.batch_stats, batch)
+
+    probe_fns, compile_probe = {}, {}
+    for strategy in strategies:
+        say(f"compiling the probe ({strategy})")
+        fn = make_probe_step(trainer.loss_fn, strategy, config.probe.map_batch_size)
+        compile_probe[strategy] = _timed(lambda fn=fn: fn(state, batch, out.grads, out.loss, etas))
+        probe_fns[strategy] = fn
+
+    candidates: dict[str, Callable[[], Any]] = {
+        "train_step": lambda: trainer.train_step(state, batch)[1].loss,
+        "gradient": lambda: grad_only(state.params, state.batch_stats, batch),
+    }
+    for strategy, fn in probe_fns.items():
+        candidates[f"probe_{strategy}"] = lambda fn=fn: fn(state, batch, out.grads, out.loss, etas)
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_ in range(repeats):
+        say(f"timing round {round_ + 1}/{repeats}")
+        for name, fn in candidates.items():
+            times[name].append(_timed(fn))
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+
+    say("checkpoint overhead")
+    ckpt = checkpoint_overhead(trainer, state, checkpoint_steps, config)
+    results: dict[str, Any] = {
+        "train_step_s": median["train_step"],
+        "gradient_s": median["gradient"],
+        "compile_train_step_s": compile_train,
+        "probe": {
+            s: {
+                "run_s": median[f"probe_{s}"],
+                "compile_s": compile_probe[s],
+                "per_gradient_ratio": median[f"probe_{s}"] / (num_etas * median["gradient"]),
+            }
+            for s in strategies
+        },
+        "checkpoint": ckpt,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    fastest = min(strategies, key=lambda s: results["probe"][s]["run_s"])
+    results["fastest_strategy"] = fastest
+    results["probed_step_s"] = median["train_step"] + results["probe"][fastest]["run_s"]
+    return {
+        "machine": machine(),
+        "settings": {
+            "preset": config.preset,
+            "variant": variant,
+            "model": dataclasses.asdict(config.model_for(variant)),
+            "batch_size": config.batch_size,
+            "num_etas": num_etas,
+            "data": dataset.name,
+            "repeats": repeats,
+        },
+        "results": results,
+    }
+
+
+def checkpoint_overhead(trainer: Trainer, state, steps: int, config: RunConfig) -> dict[str, float]:
+    """Returns median step seconds with and without a checkpoint every step, and their ratio."""
+    times: dict[str, list[float]] = {"without": [], "with": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpointer = Checkpointer(Path(tmp), config.checkpoint)
+        step = 0
+        for _ in range(2):  # warm-up: orbax starts its threads, the step is compiled
+            checkpointer.save(step, state)
+            state, out = trainer.train_step(state, trainer.train_source(step))
+            jax.block_until_ready(out.loss)
+            step += 1
+        for _ in range(steps):
+            for kind in ("without", "with"):
+                start = time.perf_counter()
+                if kind == "with":
+                    checkpointer.save(step, state)
+                state, out = trainer.train_step(state, trainer.train_source(step))
+                jax.block_until_ready(out.loss)
+                times[kind].append(time.perf_counter() - start)
+                step += 1
+        checkpointer.close()
+    without, with_ = statistics.median(times["without"]), statistics.median(times["with"])
+    return {"step_s": without, "step_with_checkpoint_s": with_, "overhead_ratio": with_ / without}
+
+
+def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> Path:
+    """Appends ``result`` as one JSON line to ``out_dir/bench.jsonl`` and returns the path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "bench.jsonl"
+    with open(path, "a") as f:
+        f.write(json.dumps(result, default=lambda o: np.asarray(o).tolist()) + "\n")
+    return path
+
+
+def result_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """Returns (quantity, value) rows of a result for a printed table."""
+    r = result["results"]
+    rows = [
+        ("train step", f"{r['train_step_s'] * 1e3:.1f} ms"),
+        ("one gradient evaluation", f"{r['gradient_s'] * 1e3:.1f} ms"),
+        ("train step compile", f"{r['compile_train_step_s']:.1f} s"),
+    ]
+    for strategy, p in r["probe"].items():
+        rows.append(
+            (
+                f"probe ({strategy})",
+                f"{p['run_s'] * 1e3:.0f} ms = {p['per_gradient_ratio']:.2f} x K gradients; "
+                f"compile {p['compile_s']:.1f} s",
+            )
+        )
+    c = r["checkpoint"]
+    rows += [
+        ("fastest probe strategy", r["fastest_strategy"]),
+        ("probed step (train + probe)", f"{r['probed_step_s'] * 1e3:.0f} ms"),
+        ("checkpoint overhead", f"{c['overhead_ratio']:.3f} x a step ({c['step_s'] * 1e3:.1f} ms)"),
+        ("peak memory (RSS)", f"{r['peak_rss_mib']:.0f} MiB"),
+    ]
+    return rows
