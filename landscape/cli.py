@@ -6,6 +6,7 @@ No JAX work happens at import time, so ``landscape --help`` is instant.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -626,6 +627,35 @@ def summary(
 ) -> None:
     """Print the summary table of a run: medians of the probe's measurements, early and overall."""
     print_summary(run_dir, load_saved_config(run_dir))
+
+
+@app.command("bias-example")
+def bias_example_command(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for bias_example.png/.pdf and bias_example.json.")
+    ] = Path("runs/bias-example"),
+    steps: Annotated[int, typer.Option("--steps", help="Gradient-descent steps.")] = 100,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 0.1,
+    seed: SeedOpt = None,
+) -> None:
+    """Ioffe & Szegedy's bias example: mean subtraction outside the gradient lets a bias grow forever."""
+    if steps < 1 or not lr > 0:
+        fail("--steps and --lr must be positive")
+    from landscape.bn_math import bias_example_figure, bias_example_modes
+    from landscape.plots import save_figure
+
+    results = bias_example_modes(steps=steps, lr=lr, seed=seed or 0)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = save_figure(bias_example_figure(results), out / "bias_example")
+    summary = {mode: {k: v.tolist() for k, v in r.items()} for mode, r in results.items()}
+    (out / "bias_example.json").write_text(json.dumps(summary) + "\n")
+    for mode, r in results.items():
+        console.print(
+            f"{mode}: ||b|| {r['b_norm'][0]:.3g} -> {r['b_norm'][-1]:.3g}, loss "
+            f"{r['loss'][0]:.6g} -> {r['loss'][-1]:.6g}, max output change {r['output_change'].max():.2g}",
+            highlight=False,
+        )
+    console.print(f"figure: {paths[0]}", highlight=False)
 
 
 @app.command()

@@ -92,3 +92,11 @@ def test_smoke_probe_end_to_end(tmp_path):
     result = invoke("probe", "--from", run_dir, "--etas", "0.01,0.02", "--no-progress")
     assert result.exit_code == 0, result.output
     assert (run_dir / "standard" / "reprobe.jsonl").exists()
+
+
+def test_bias_example_command(tmp_path):
+    result = invoke("bias-example", "--out", tmp_path, "--steps", "20")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "bias_example.png").stat().st_size > 0
+    assert "stop_gradient" in result.output and "full_gradient" in result.output
+    assert invoke("bias-example", "--steps", "0").exit_code == 2
