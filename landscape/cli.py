@@ -246,6 +246,26 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def enable_compilation_cache() -> None:
+    """Keeps compiled programs on disk so a second run of the same model skips compilation.
+
+    ``$LANDSCAPE_JAX_CACHE`` names the folder (default: ~/.cache/landscape/jax); ``0`` turns
+    the cache off.
+    """
+    import os
+
+    import jax
+
+    folder = os.environ.get("LANDSCAPE_JAX_CACHE")
+    if folder == "0":
+        return
+    if not folder:
+        from landscape.data import resolve_cache_dir
+
+        folder = str(resolve_cache_dir() / "jax")
+    jax.config.update("jax_compilation_cache_dir", folder)
+
+
 def _run_command(
     config: RunConfig,
     out: Path | None,
@@ -263,6 +283,7 @@ def _run_command(
         raise CliError("give either --resume RUN_DIR or --out RUN_DIR, not both")
     run_dir = resume or out or default_run_dir(config)
     validate(config)
+    enable_compilation_cache()
     console.print(f"run directory: [bold]{run_dir}[/]", highlight=False)
     try:
         reports = run(
