@@ -425,20 +425,8 @@ def grad_dist_vs_eta_figure(records: Records, steps: Sequence[float] | None = No
             dist = np.asarray(rec["grad_dist"][i], float)
             ax.plot(etas, _for_log(dist), color=shade, marker="o", ms=3, lw=1.4, label=str(step))
             bad = ~np.isfinite(dist)
-            if bad.any():
+            if _mark_diverged(ax, etas[bad], shade, row=0):
                 any_diverged = True
-                ax.scatter(
-                    etas[bad],
-                    np.full(bad.sum(), 0.97),
-                    transform=ax.get_xaxis_transform(),
-                    marker="^",
-                    s=26,
-                    color=shade,
-                    edgecolors="black",
-                    linewidths=0.4,
-                    zorder=5,
-                    clip_on=False,
-                )
         if log_x:
             _log_axis(ax, "x")
         _log_axis(ax)
