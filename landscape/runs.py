@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -60,7 +60,6 @@ class VariantReport:
     probe_s: float = 0.0
     checkpoint_s: float = 0.0
     compile_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --- the run directory ------------------------------------------------------------------------
