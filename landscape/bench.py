@@ -59,13 +59,15 @@ def run_bench(
     strategies: tuple[str, ...] = ("map", "unroll", "vmap"),
     repeats: int = 5,
     checkpoint_steps: int = 10,
+    run_steps: int = 20,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measures one variant of ``config`` and returns the figures (seconds, ratios, bytes).
 
     Returns a dict with ``machine``, ``settings`` and ``results``: median seconds of one train
     step and one gradient evaluation, per probe strategy its compile and run seconds and its
-    cost relative to K gradient evaluations, the checkpoint overhead ratio, and peak memory.
+    cost relative to K gradient evaluations, the checkpoint overhead ratio, peak memory, and
+    (``run_steps`` > 0) the steps/s and memory over steps of the whole run loop (``whole_run``).
     """
     say = progress or (lambda message: None)
     trainer = Trainer(config, variant, dataset)
@@ -115,8 +117,11 @@ def run_bench(
             for s in strategies
         },
         "checkpoint": ckpt,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if run_steps:
+        say(f"a whole run of {run_steps} probed steps")
+        results["run"] = whole_run(config, variant, dataset, run_steps)
+    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     fastest = min(strategies, key=lambda s: results["probe"][s]["run_s"])
     results["fastest_strategy"] = fastest
     results["probed_step_s"] = median["train_step"] + results["probe"][fastest]["run_s"]
@@ -135,29 +140,102 @@ def run_bench(
     }
 
 
-def checkpoint_overhead(trainer: Trainer, state, steps: int, config: RunConfig) -> dict[str, float]:
-    """Returns median step seconds with and without a checkpoint every step, and their ratio."""
-    times: dict[str, list[float]] = {"without": [], "with": []}
+def checkpoint_overhead(trainer: Trainer, state, steps: int, config: RunConfig) -> dict[str, Any]:
+    """Returns median step seconds without and with a checkpoint every step, per format.
+
+    The formats (``npz``, ``orbax``) and the plain step are timed in alternating rounds on the
+    same trajectory. Returns ``step_s``, and per format ``step_with_checkpoint_s`` and
+    ``overhead_ratio`` (step with a save / plain step); the top-level ``overhead_ratio`` is the
+    configured format's.
+    """
+    formats = ("npz", "orbax")
+    times: dict[str, list[float]] = {"without": [], **{f: [] for f in formats}}
     with tempfile.TemporaryDirectory() as tmp:
-        checkpointer = Checkpointer(Path(tmp), config.checkpoint)
+        checkpointers = {
+            f: Checkpointer(Path(tmp) / f, dataclasses.replace(config.checkpoint, format=f))
+            for f in formats
+        }
         step = 0
-        for _ in range(2):  # warm-up: orbax starts its threads, the step is compiled
-            checkpointer.save(step, state)
+        for _ in range(2):  # warm-up: writer threads start, the step is compiled
+            for checkpointer in checkpointers.values():
+                checkpointer.save(step, state)
             state, out = trainer.train_step(state, trainer.train_source(step))
             jax.block_until_ready(out.loss)
             step += 1
         for _ in range(steps):
-            for kind in ("without", "with"):
+            for kind in times:
                 start = time.perf_counter()
-                if kind == "with":
-                    checkpointer.save(step, state)
+                if kind in checkpointers:
+                    checkpointers[kind].save(step, state)
                 state, out = trainer.train_step(state, trainer.train_source(step))
                 jax.block_until_ready(out.loss)
                 times[kind].append(time.perf_counter() - start)
                 step += 1
-        checkpointer.close()
-    without, with_ = statistics.median(times["without"]), statistics.median(times["with"])
-    return {"step_s": without, "step_with_checkpoint_s": with_, "overhead_ratio": with_ / without}
+        for checkpointer in checkpointers.values():
+            checkpointer.close()
+    without = statistics.median(times["without"])
+    per_format = {
+        f: {
+            "step_with_checkpoint_s": statistics.median(times[f]),
+            "overhead_ratio": statistics.median(times[f]) / without,
+        }
+        for f in formats
+    }
+    chosen = per_format[config.checkpoint.format]
+    return {"step_s": without, **chosen, "format": config.checkpoint.format, "formats": per_format}
+
+
+def _rss_mib() -> float:
+    """Returns the resident memory of this process now, in MiB (Linux; NaN elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def whole_run(config: RunConfig, variant: str, dataset: Dataset, steps: int) -> dict[str, Any]:
+    """Times the real ``landscape probe`` loop: train, probe and checkpoint every step.
+
+    A short warm-up run compiles everything (the compiled programs are cached per process), then
+    a run of ``steps`` steps into a temporary directory is timed. Returns ``steps_per_s`` (wall
+    time of the loop, compilation excluded), the probe's and the checkpoints' share of it, and
+    the resident memory after every step: ``rss_mib`` (first, last, max) and ``rss_slope_kib``
+    (least-squares growth per step over the second half, KiB; flat memory is about 0).
+    """
+    from landscape.runs import train_variant
+
+    cfg = config.replace(
+        variants=(variant,),
+        steps=steps,
+        eval_every=0,
+        eval_batches=1,
+        log_every=10,
+        checkpoint=dataclasses.replace(config.checkpoint, every=1),
+        probe=dataclasses.replace(config.probe, enabled=True, every=1),
+    )
+    rss: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = Trainer(cfg.replace(steps=2), variant, dataset)
+        train_variant(warm, Path(tmp) / "warm", probe_enabled=True)
+        trainer = Trainer(cfg, variant, dataset)
+        report = train_variant(
+            trainer,
+            Path(tmp) / "run",
+            probe_enabled=True,
+            on_step=lambda *_: rss.append(_rss_mib()),
+        )
+    loop_s = report.wall_s - report.compile_s
+    half = np.asarray(rss[len(rss) // 2 :])
+    slope = float(np.polyfit(np.arange(half.size), half, 1)[0]) * 1024 if half.size > 1 else 0.0
+    return {
+        "steps": report.steps_run,
+        "steps_per_s": report.steps_run / loop_s,
+        "probe_share": report.probe_s / loop_s,
+        "checkpoint_share": report.checkpoint_s / loop_s,
+        "rss_mib": {"first": rss[0], "last": rss[-1], "max": max(rss)},
+        "rss_slope_kib": slope,
+    }
 
 
 def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> Path:
@@ -190,7 +268,25 @@ def result_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     rows += [
         ("fastest probe strategy", r["fastest_strategy"]),
         ("probed step (train + probe)", f"{r['probed_step_s'] * 1e3:.0f} ms"),
-        ("checkpoint overhead", f"{c['overhead_ratio']:.3f} x a step ({c['step_s'] * 1e3:.1f} ms)"),
+        *(
+            (f"checkpoint every step ({f})", f"{v['overhead_ratio']:.3f} x a step")
+            for f, v in c["formats"].items()
+        ),
+        ("plain train step (checkpoint rounds)", f"{c['step_s'] * 1e3:.1f} ms"),
         ("peak memory (RSS)", f"{r['peak_rss_mib']:.0f} MiB"),
     ]
+    if "run" in r:
+        run = r["run"]
+        rows += [
+            (
+                f"whole run, probed + checkpointed every step ({run['steps']} steps)",
+                f"{run['steps_per_s']:.2f} steps/s; probe {run['probe_share']:.0%}, "
+                f"checkpoints {run['checkpoint_share']:.1%} of the time",
+            ),
+            (
+                "memory over the run",
+                f"{run['rss_mib']['first']:.0f} -> {run['rss_mib']['last']:.0f} MiB, "
+                f"{run['rss_slope_kib']:+.0f} KiB/step over the second half",
+            ),
+        ]
     return rows

@@ -1,68 +1,256 @@
-"""Checkpoints of the training state with orbax: save, restore, list steps, retention.
+"""Checkpoints of the training state: save, restore, list steps, retention.
 
-Orbax writes each checkpoint into a temporary directory and renames it into place only when it
-is complete, so a run killed mid-write leaves no half-written checkpoint that is read as good.
-Writes are asynchronous: the next training step runs while the previous state is written.
+The paper's analysis wants a checkpoint at every step, so saving must cost next to nothing.
+The default format (``npz``) writes each checkpoint as one uncompressed ``state.npz`` per step,
+from a background thread: ``save`` only hands the (immutable) device arrays to the writer and
+returns, the copy to host and the write overlap the next training steps. Each checkpoint is
+written into a temporary directory and renamed into place only when complete, so a run killed
+mid-write never leaves a half-written checkpoint that is read as good.
+
+Orbax's ``CheckpointManager`` (``format="orbax"``) is kept for interoperability; its per-save
+bookkeeping cost 1.28x a plain training step at the quick preset on a 2-core CPU, against a few
+per cent for the npz writer (``landscape bench`` measures both). ``restore`` reads either format,
+so runs saved by earlier versions stay readable.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
+import re
+import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
+import numpy as np
 
 from landscape.config import CheckpointConfig
 
 # Orbax logs every save at INFO level; a run saving each step would drown its own progress bar.
 logging.getLogger("absl").setLevel(logging.WARNING)
 
+FORMATS = ("npz", "orbax")
+STATE_FILE = "state.npz"
+_TMP_PREFIX = ".tmp-"
+
+
+def _leaf_name(path: tuple) -> str:
+    """Returns a stable '/'-joined name for a pytree key path (the npz member name)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _is_orbax_step(path: Path) -> bool:
+    return path.is_dir() and path.name.isdigit() and (path / "_CHECKPOINT_METADATA").exists()
+
+
+def _is_npz_step(path: Path) -> bool:
+    return path.is_dir() and path.name.isdigit() and (path / STATE_FILE).exists()
+
+
+def kept_steps(steps: list[int], config: CheckpointConfig) -> list[int]:
+    """Returns the steps retention keeps: the newest ``max_to_keep`` and every ``keep_period``-th."""
+    if config.keep_all or config.max_to_keep is None:
+        return sorted(steps)
+    newest = set(sorted(steps)[-config.max_to_keep :]) if config.max_to_keep > 0 else set()
+    period = config.keep_period
+    return sorted(s for s in steps if s in newest or (period and s % period == 0))
+
 
 class Checkpointer:
-    """Saves and restores a pytree (the ``TrainState``) under ``directory/<step>/``."""
+    """Saves and restores a pytree (the ``TrainState``) under ``directory/<step>/``.
 
-    def __init__(self, directory: str | os.PathLike, config: CheckpointConfig | None = None):
-        config = config or CheckpointConfig()
+    ``save`` returns before the write ends; ``wait`` or ``close`` block until every started write
+    is on disk. At most ``queue_size`` states wait to be written, so memory stays flat when the
+    disk is slower than training (``save`` then waits: back-pressure, never dropped saves).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        config: CheckpointConfig | None = None,
+        *,
+        queue_size: int = 2,
+    ):
+        self.config = config or CheckpointConfig()
+        fmt = getattr(self.config, "format", "npz")
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown checkpoint format {fmt!r}; choose one of {FORMATS}")
+        self.format = fmt
         self.directory = Path(directory).absolute()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._orbax = None
+        self._error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._writer: threading.Thread | None = None
+        if self.format == "orbax":
+            self._orbax = self._orbax_manager()
+        else:
+            # Leftovers of a write interrupted by a crash are incomplete by construction.
+            for leftover in self.directory.glob(f"{_TMP_PREFIX}*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    # --- saving -------------------------------------------------------------------------------
+
+    def save(self, step: int, state: Any, *, force: bool = False) -> None:
+        """Starts writing ``state`` as checkpoint ``step`` (returns before the write ends).
+
+        ``force`` is accepted for orbax compatibility; every npz save is written.
+        """
+        if self._orbax is not None:
+            import orbax.checkpoint as ocp
+
+            self._orbax.save(int(step), args=ocp.args.StandardSave(state), force=force)
+            return
+        self._raise_writer_error()
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, daemon=True)
+            self._writer.start()
+        # JAX arrays are immutable and the train step donates nothing, so the writer thread can
+        # copy them to host itself while the next steps run.
+        leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+        for _, leaf in leaves:
+            if isinstance(leaf, jax.Array):
+                leaf.copy_to_host_async()
+        self._queue.put((int(step), leaves))
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._write(*item)
+            except BaseException as error:  # reported to the training thread on its next call
+                self._error = error
+            finally:
+                self._queue.task_done()
+
+    def _write(self, step: int, leaves: list) -> None:
+        arrays = {_leaf_name(path): np.asarray(leaf) for path, leaf in leaves}
+        tmp = self.directory / f"{_TMP_PREFIX}{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        with open(tmp / STATE_FILE, "wb") as f:
+            np.savez(f, **arrays)
+        final = self.directory / str(step)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        self._apply_retention()
+
+    def _apply_retention(self) -> None:
+        steps = self.steps()
+        keep = set(kept_steps(steps, self.config))
+        for step in steps:
+            if step not in keep:
+                shutil.rmtree(self.directory / str(step), ignore_errors=True)
+
+    def _raise_writer_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(
+                f"writing a checkpoint to {self.directory} failed: {error}"
+            ) from error
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def restore(self, step: int | None, target: Any) -> Any:
+        """Returns checkpoint ``step`` (newest if None) with the structure of ``target``.
+
+        Raises FileNotFoundError when there is no such checkpoint and ValueError when its arrays
+        do not match ``target`` (another model or configuration).
+        """
+        self.wait()
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        path = self.directory / str(int(step))
+        if _is_npz_step(path):
+            return self._restore_npz(path, target)
+        if _is_orbax_step(path):
+            import orbax.checkpoint as ocp
+
+            manager = self._orbax or self._orbax_manager()
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+            return manager.restore(int(step), args=ocp.args.StandardRestore(abstract))
+        raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory}")
+
+    def _restore_npz(self, path: Path, target: Any) -> Any:
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(target)
+        with np.load(path / STATE_FILE, allow_pickle=False) as saved:
+            names = [_leaf_name(p) for p, _ in leaves]
+            if set(names) != set(saved.files):
+                raise ValueError(
+                    f"checkpoint {path} holds another structure than expected "
+                    f"({len(saved.files)} arrays, expected {len(names)})"
+                )
+            restored = []
+            for name, (_, leaf) in zip(names, leaves, strict=True):
+                array = saved[name]
+                if array.shape != np.shape(leaf) or array.dtype != np.asarray(leaf).dtype:
+                    raise ValueError(
+                        f"checkpoint {path}: {name} is {array.dtype}{list(array.shape)}, "
+                        f"expected {np.asarray(leaf).dtype}{list(np.shape(leaf))}"
+                    )
+                restored.append(jax.device_put(array))
+        return jax.tree_util.tree_unflatten(treedef, restored)
+
+    def steps(self) -> list[int]:
+        """Returns the steps of all complete checkpoints (either format), ascending."""
+        if not self.directory.exists():
+            return []
+        return sorted(
+            int(p.name)
+            for p in self.directory.iterdir()
+            if re.fullmatch(r"\d+", p.name) and (_is_npz_step(p) or _is_orbax_step(p))
+        )
+
+    def latest_step(self) -> int | None:
+        """Returns the newest complete checkpoint's step, or None."""
+        self.wait()
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def wait(self) -> None:
+        """Blocks until every started write has finished; raises if one failed."""
+        if self._orbax is not None:
+            self._orbax.wait_until_finished()
+            return
+        if self._writer is not None:
+            self._queue.join()
+        self._raise_writer_error()
+
+    def close(self) -> None:
+        """Finishes every started write and stops the writer."""
+        if self._orbax is not None:
+            self._orbax.wait_until_finished()
+            self._orbax.close()
+            self._orbax = None
+            return
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+        self._raise_writer_error()
+
+    def _orbax_manager(self):
+        import orbax.checkpoint as ocp
+
+        config = self.config
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if config.keep_all else config.max_to_keep,
             keep_period=None if config.keep_all else config.keep_period,
             enable_async_checkpointing=True,
             create=True,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
-
-    def save(self, step: int, state: Any, *, force: bool = False) -> None:
-        """Starts writing ``state`` as checkpoint ``step`` (returns before the write ends)."""
-        self._manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
-
-    def restore(self, step: int | None, target: Any) -> Any:
-        """Returns checkpoint ``step`` (newest if None) with the structure of ``target``."""
-        if step is None:
-            step = self.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        return self._manager.restore(int(step), args=ocp.args.StandardRestore(abstract))
-
-    def steps(self) -> list[int]:
-        """Returns the steps of all complete checkpoints, ascending."""
-        return sorted(self._manager.all_steps())
-
-    def latest_step(self) -> int | None:
-        """Returns the newest complete checkpoint's step, or None."""
-        return self._manager.latest_step()
-
-    def wait(self) -> None:
-        """Blocks until every started write has finished."""
-        self._manager.wait_until_finished()
-
-    def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        return ocp.CheckpointManager(self.directory, options=options)
 
     def __enter__(self) -> Checkpointer:
         return self

@@ -97,6 +97,7 @@ def build_config(
     keep_period: int | None,
     keep_all: bool,
     eval_every: int | None,
+    checkpoint_format: str | None = None,
     etas: str | None = None,
     probe_every: int | None = None,
     probe_strategy: str | None = None,
@@ -142,6 +143,7 @@ def build_config(
             "every": checkpoint_every,
             "max_to_keep": max_to_keep,
             "keep_period": keep_period,
+            "format": checkpoint_format,
         }.items()
         if v is not None
     }
@@ -189,6 +191,10 @@ def validate(config: RunConfig) -> None:
     if config.probe.strategy not in (*STRATEGIES, "auto"):
         raise CliError(
             f"unknown --probe-strategy {config.probe.strategy!r}; choose auto, {', '.join(STRATEGIES)}"
+        )
+    if config.checkpoint.format not in ("npz", "orbax"):
+        raise CliError(
+            f"unknown --checkpoint-format {config.checkpoint.format!r}; choose npz or orbax"
         )
     if len(set(config.variants)) != len(config.variants):
         raise CliError("--variants lists a variant twice")
@@ -438,6 +444,13 @@ PeriodOpt = Annotated[
         help="Also keep every k-th step's checkpoint forever. Default: the preset's (smoke 10, quick 50, paper 500).",
     ),
 ]
+CkptFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--checkpoint-format",
+        help="npz (default: one file per step, written in the background, a few per cent of a step) or orbax (orbax's CheckpointManager, slower per save). Either is read back.",
+    ),
+]
 KeepAllOpt = Annotated[
     bool,
     typer.Option(
@@ -482,6 +495,7 @@ def train(
     max_to_keep: KeepOpt = None,
     keep_period: PeriodOpt = None,
     keep_all: KeepAllOpt = False,
+    checkpoint_format: CkptFormatOpt = None,
     eval_every: EvalOpt = None,
     resume: ResumeOpt = None,
     overwrite: OverwriteOpt = False,
@@ -530,6 +544,7 @@ def probe(
     max_to_keep: KeepOpt = None,
     keep_period: PeriodOpt = None,
     keep_all: KeepAllOpt = False,
+    checkpoint_format: CkptFormatOpt = None,
     eval_every: EvalOpt = None,
     resume: ResumeOpt = None,
     overwrite: OverwriteOpt = False,
@@ -708,6 +723,13 @@ def bench(
     repeats: Annotated[
         int, typer.Option("--repeats", help="Alternating timing rounds; medians are reported.")
     ] = 5,
+    run_steps: Annotated[
+        int,
+        typer.Option(
+            "--run-steps",
+            help="Also time a whole run of this many steps, probed and checkpointed every step, and track its memory (0 = skip).",
+        ),
+    ] = 20,
     out: Annotated[
         Path,
         typer.Option(
@@ -715,7 +737,7 @@ def bench(
         ),
     ] = Path("bench-results"),
 ) -> None:
-    """Time the train step, each probe strategy, compilation and checkpointing, side by side in one process."""
+    """Time the train step, each probe strategy, compilation, checkpointing, a whole run and its memory, side by side in one process."""
     from landscape.bench import result_rows, run_bench, write_results
     from landscape.data import DataError, load_dataset
     from landscape.probe import STRATEGIES
@@ -749,6 +771,7 @@ def bench(
             )
         if repeats < 1:
             raise CliError("--repeats must be positive")
+        _positive("--run-steps", run_steps, allow_zero=True)
         dataset = load_dataset(config.data, progress=True)
     except CliError as err:
         fail(str(err))
@@ -761,6 +784,7 @@ def bench(
             variant=variant,
             strategies=chosen,
             repeats=repeats,
+            run_steps=run_steps,
             progress=lambda message: status.update(message),
         )
     path = write_results(result, out)

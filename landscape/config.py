@@ -42,6 +42,9 @@ class CheckpointConfig:
     max_to_keep: int | None = 5  # the newest few are kept ...
     keep_period: int | None = 100  # ... and every k-th step forever
     keep_all: bool = False
+    # "npz": one file per step from a background thread (the default: a few per cent of a step);
+    # "orbax": orbax's CheckpointManager, for interoperability (see checkpoints.py).
+    format: str = "npz"
 
     @property
     def enabled(self) -> bool:

@@ -6,7 +6,7 @@ Layout of a run directory::
     RUN_DIR/provenance.json       versions, device, dataset and its checksum
     RUN_DIR/<variant>/metrics.jsonl   one row per training step (+ rows with test metrics)
     RUN_DIR/<variant>/probe.jsonl     one row per probed step: per-eta arrays and reductions
-    RUN_DIR/<variant>/checkpoints/    orbax checkpoints
+    RUN_DIR/<variant>/checkpoints/    checkpoints, <step>/state.npz
 
 Rows are appended as they are produced, flushed before each checkpoint, so a killed run keeps
 every row up to its last checkpoint. Non-finite numbers are written as ``NaN``/``Infinity``
