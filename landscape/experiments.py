@@ -1,0 +1,279 @@
+"""Experiments: one file per paper figure group, run step by step through the public CLI.
+
+An experiment file (TOML, in ``experiments/``) lists the ``landscape`` commands that make a group
+of the paper's figures, with ``{placeholders}`` filled from the chosen preset::
+
+    title = "Figure 2: noisy BatchNorm"
+    [presets.smoke]
+    variants = "standard,batchnorm,noisy_batchnorm"
+    [[steps]]
+    name = "train"
+    run = ["probe", "--preset", "{preset}", "--data", "{data}", "--out", "{out}/vgg"]
+    done = "{out}/vgg/report.html"
+
+``run_experiment`` runs each step as its own ``python -m landscape ...`` process (exactly what a
+user would type), skips the steps whose ``done`` file exists, so an interrupted experiment is
+continued by running it again, and records each finished step in ``OUT/experiment.jsonl``.
+``write_combined_report`` then gathers every run directory below ``OUT`` into one HTML page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import string
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+PLAN_FILE = "experiment.json"
+LOG_FILE = "experiment.jsonl"
+REPORT_FILE = "report.html"
+
+
+class ExperimentError(Exception):
+    """A problem with an experiment file or its variables (the CLI prints one line, exits 2)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of an experiment: ``landscape <run...>``; done when ``done`` exists."""
+
+    name: str
+    run: tuple[str, ...]
+    done: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A parsed experiment file."""
+
+    path: Path
+    title: str
+    description: str
+    steps: tuple[Step, ...]
+    variables: dict[str, str] = field(default_factory=dict)  # defaults for every preset
+    presets: dict[str, dict[str, str]] = field(default_factory=dict)  # per-preset overrides
+
+
+def load_experiment(path: str | os.PathLike) -> Experiment:
+    """Returns the experiment described by the TOML file at ``path``.
+
+    Raises ExperimentError with a one-line reason for a missing file, bad TOML or a step
+    without a command.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExperimentError(f"no experiment file {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ExperimentError(f"{path} is not valid TOML: {err}") from None
+    steps = []
+    for i, step in enumerate(raw.get("steps", [])):
+        run = step.get("run")
+        if not run or not isinstance(run, list) or not all(isinstance(a, str) for a in run):
+            raise ExperimentError(f'{path}: step {i + 1} needs run = ["command", "args", ...]')
+        steps.append(
+            Step(
+                name=str(step.get("name", f"step{i + 1}")),
+                run=tuple(run),
+                done=step.get("done"),
+                description=str(step.get("description", "")),
+            )
+        )
+    if not steps:
+        raise ExperimentError(f"{path} defines no [[steps]]")
+    names = [s.name for s in steps]
+    if len(set(names)) != len(names):
+        raise ExperimentError(f"{path}: step names must be unique ({', '.join(names)})")
+    as_text = lambda table: {str(k): str(v) for k, v in table.items()}  # noqa: E731
+    return Experiment(
+        path=path,
+        title=str(raw.get("title", path.stem)),
+        description=str(raw.get("description", "")),
+        steps=tuple(steps),
+        variables=as_text(raw.get("vars", {})),
+        presets={str(k): as_text(v) for k, v in raw.get("presets", {}).items()},
+    )
+
+
+def variables_for(
+    experiment: Experiment,
+    preset: str,
+    out: str | os.PathLike,
+    data: str | None,
+    overrides: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Returns the placeholder values: file defaults < the preset's < ``overrides``.
+
+    ``{preset}``, ``{out}`` and ``{data}`` are always defined; ``data`` defaults to the preset's
+    value or, failing that, to ``cifar10`` (the CLI's own resolution: $LANDSCAPE_DATA, cache).
+    """
+    if experiment.presets and preset not in experiment.presets:
+        raise ExperimentError(
+            f"{experiment.path.name} has no preset {preset!r}; choose one of "
+            f"{', '.join(experiment.presets)}"
+        )
+    values = {"preset": preset, "data": "cifar10", **experiment.variables}
+    values.update(experiment.presets.get(preset, {}))
+    values.update(overrides or {})
+    if data is not None:
+        values["data"] = data
+    values["out"] = str(out)
+    return values
+
+
+def _fill(text: str, values: dict[str, str], where: str) -> str:
+    names = [name for _, name, _, _ in string.Formatter().parse(text) if name]
+    missing = sorted(set(names) - set(values))
+    if missing:
+        raise ExperimentError(
+            f"{where}: no value for {{{missing[0]}}}; define it under [vars] or pass --set "
+            f"{missing[0]}=..."
+        )
+    return text.format(**values)
+
+
+def resolve(experiment: Experiment, values: dict[str, str]) -> list[Step]:
+    """Returns the steps with every placeholder filled in."""
+    resolved = []
+    for step in experiment.steps:
+        where = f"{experiment.path.name}, step {step.name!r}"
+        resolved.append(
+            Step(
+                name=step.name,
+                run=tuple(_fill(arg, values, where) for arg in step.run),
+                done=_fill(step.done, values, where) if step.done else None,
+                description=step.description,
+            )
+        )
+    return resolved
+
+
+def _run_cli(args: Sequence[str]) -> int:
+    """Runs ``python -m landscape ARGS`` with this interpreter; returns its exit code."""
+    return subprocess.run([sys.executable, "-m", "landscape", *args], check=False).returncode
+
+
+def run_experiment(
+    experiment: Experiment,
+    values: dict[str, str],
+    *,
+    runner: Callable[[Sequence[str]], int] = _run_cli,
+    say: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Runs the experiment's steps in order into ``values['out']``; returns one row per step.
+
+    A step whose ``done`` file exists is skipped, so running an interrupted experiment again
+    continues it. Each finished step is appended to ``OUT/experiment.jsonl`` (name, command, exit
+    code, seconds). The first failing step stops the experiment: ExperimentError names it.
+    """
+    out = Path(values["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    steps = resolve(experiment, values)
+    plan = {
+        "experiment": str(experiment.path),
+        "title": experiment.title,
+        "values": values,
+        "steps": [{"name": s.name, "run": list(s.run), "done": s.done} for s in steps],
+    }
+    (out / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n")
+    rows = []
+    for number, step in enumerate(steps, 1):
+        command = "landscape " + " ".join(step.run)
+        if step.done and Path(step.done).exists():
+            say(f"[{number}/{len(steps)}] {step.name}: done already ({step.done})")
+            rows.append({"name": step.name, "status": "skipped"})
+            continue
+        say(f"[{number}/{len(steps)}] {step.name}: {command}")
+        start = time.perf_counter()
+        code = runner(list(step.run))
+        row = {
+            "name": step.name,
+            "run": list(step.run),
+            "exit_code": code,
+            "seconds": round(time.perf_counter() - start, 1),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "status": "ok" if code == 0 else "failed",
+        }
+        with open(out / LOG_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        rows.append(row)
+        if code != 0:
+            raise ExperimentError(
+                f"step {step.name!r} failed (exit code {code}): {command}; fix it and run the "
+                "experiment again to continue from there"
+            )
+    return rows
+
+
+# --- the combined report ----------------------------------------------------------------------
+
+
+def _run_dirs(out: Path) -> list[Path]:
+    """Returns the landscape run directories below ``out`` (those with a config.json)."""
+    return sorted(p.parent for p in out.rglob("config.json") if p.parent != out)
+
+
+def write_combined_report(out: str | os.PathLike, title: str = "", description: str = "") -> Path:
+    """Writes ``OUT/report.html``: every run's figures and summary below ``out`` on one page.
+
+    The page is self-contained (figures inline as base64 PNG). Returns its path.
+    """
+    from landscape import report as run_report
+
+    out = Path(out)
+    plan_path = out / PLAN_FILE
+    plan = json.loads(plan_path.read_text()) if plan_path.exists() else {}
+    title = title or plan.get("title", "landscape experiment")
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{run_report._CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if description:
+        parts.append(f"<p class='sub'>{html.escape(description)}</p>")
+    if plan.get("steps"):
+        parts.append("<h2>Commands</h2><ol>")
+        parts += [
+            f"<li><code>{html.escape('landscape ' + ' '.join(s['run']))}</code></li>"
+            for s in plan["steps"]
+        ]
+        parts.append("</ol>")
+    runs = _run_dirs(out)
+    if not runs:
+        parts.append("<p>No run has finished yet.</p>")
+    for run_dir in runs:
+        rel = run_dir.relative_to(out)
+        parts.append(f"<h2>{html.escape(str(rel))}</h2>")
+        if (run_dir / run_report.REPORT_FILE).exists():
+            link = html.escape(f"{rel}/{run_report.REPORT_FILE}")
+            parts.append(f"<p><a href='{link}'>full report of this run</a></p>")
+        try:
+            records = {v: r for v, r in run_report.load(run_dir).items() if len(r.get("step", ()))}
+            config = json.loads((run_dir / "config.json").read_text())
+            rows = run_report.summary_rows(records, config.get("steps"))
+            if rows:
+                parts.append(run_report._summary_table(rows))
+        except Exception as err:  # a run still in progress or without probes: say so
+            parts.append(f"<p class='sub'>no summary: {html.escape(str(err))}</p>")
+        for png in sorted((run_dir / "figures").glob("*.png")):
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
+            parts.append(
+                f"<figure><img alt='{html.escape(png.stem)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{html.escape(png.stem)}</figcaption></figure>"
+            )
+    parts.append("</body></html>")
+    path = out / REPORT_FILE
+    path.write_text("\n".join(parts))
+    return path
