@@ -195,6 +195,20 @@ def make_metric_fn(model: nn.Module, mode: str = "train", *, accuracy: bool = Tr
     return metric_fn
 
 
+def make_gradient_fn(metric_fn: Callable) -> Callable:
+    """Returns jitted ``gradient(point, batches)``: the gradient of the loss (the first value of
+    ``metric_fn``, averaged over the batches) with respect to ``point["params"]``."""
+
+    @jax.jit
+    def gradient(point: dict, batches: Any) -> Any:
+        def loss(params):
+            return _batch_mean(metric_fn, {**point, "params": params}, batches)[0]
+
+        return jax.grad(loss)(point["params"])
+
+    return gradient
+
+
 def _move(origin: Any, directions: Sequence[Any], coord: jax.Array) -> Any:
     """Returns ``origin + sum_k coord[k] * directions[k]`` (leafwise, in each leaf's dtype)."""
 
@@ -567,9 +581,7 @@ def surface(
                 key, origin["params"], dims, ignore=ignore, orthogonalize=orthogonalize
             )
         else:
-            grad = jax.jit(
-                jax.grad(lambda p: _batch_mean(metric_fn, {**origin, "params": p}, stacked)[0])
-            )(origin["params"])
+            grad = make_gradient_fn(metric_fn)(origin, stacked)
             info["grad_norm"] = float(optax.tree.norm(grad))
             param_dirs = (gradient_direction(grad, origin["params"], ignore=ignore),)
             if dims == 2:

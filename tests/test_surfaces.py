@@ -68,7 +68,9 @@ def test_orthogonalised_second_direction_and_gradient_direction():
     with jax.enable_x64(True):
         params = toy_params(jnp.float64)
         d1, d2 = surfaces.random_directions(jax.random.key(1), params, 2, orthogonalize=True)
-        vdot = sum(np.vdot(a, b) for a, b in zip(jax.tree.leaves(d1), jax.tree.leaves(d2)))
+        vdot = sum(
+            np.vdot(a, b) for a, b in zip(jax.tree.leaves(d1), jax.tree.leaves(d2), strict=True)
+        )
         assert abs(vdot) < 1e-10
         grad = jax.tree.map(lambda w: 0.01 * w + 0.5, params)
         g = surfaces.gradient_direction(grad, params)
@@ -187,7 +189,7 @@ def test_resume_evaluates_only_the_missing_points(tmp_path):
         seen.clear()
         assert run() == 0 and not seen  # complete: nothing to do
         header["settings"] = {"seed": 1}
-        with pytest.raises(records.SurfaceError, match="other settings.*seed 0 -> 1"):
+        with pytest.raises(records.SurfaceError, match=r"other settings.*seed 0 -> 1"):
             run()
         assert run(overwrite=True) == 11
 
@@ -331,8 +333,10 @@ def test_cli_surface_and_interpolate_write_records_and_figures(tiny_run):
     assert len(result.output.strip().splitlines()) == 1
     result = runner.invoke(
         app,
-        ["interpolate", str(run_dir), "--from", "init", "--to", "final", "--range", "-0.5:1.5:5"]
-        + ["--data", "synthetic", "--no-progress"],
+        [
+            *("interpolate", str(run_dir), "--from", "init", "--to", "final"),
+            *("--range", "-0.5:1.5:5", "--data", "synthetic", "--no-progress"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert (figures / "interpolation_interp_0_3.png").stat().st_size > 0
