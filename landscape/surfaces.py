@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -34,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from landscape.checkpoints import Checkpointer
-from landscape.config import RunConfig
+from landscape.config import ModelConfig, RunConfig
 from landscape.data import Dataset, load_dataset
 from landscape.probe import default_strategy
 from landscape.results import RecordWriter
@@ -428,6 +429,26 @@ class GridOptions:
     map_batch_size: int = 1
 
 
+@functools.lru_cache(maxsize=16)
+def compiled_picture_functions(
+    model_config: ModelConfig,
+    num_classes: int,
+    mode: str,
+    accuracy: bool,
+    strategy: str | None,
+    map_batch_size: int,
+) -> tuple[Callable, Callable]:
+    """Returns ``(grid_fn, gradient_fn)`` for a model, cached: the variants' pictures and a
+    surface and an interpolation with the same shapes reuse one compilation in a process."""
+    from landscape.train import build_model
+
+    metric_fn = make_metric_fn(build_model(model_config, num_classes), mode, accuracy=accuracy)
+    grid_fn = make_grid_fn(
+        metric_fn, strategy=strategy, map_batch_size=map_batch_size, mesh=point_mesh()
+    )
+    return grid_fn, make_gradient_fn(metric_fn)
+
+
 def _variant_checkpoints(run_dir: Path, config: RunConfig, variant: str) -> Checkpointer:
     ckpt_dir = run_dir / variant / "checkpoints"
     if variant not in config.variants or not ckpt_dir.is_dir():
@@ -571,7 +592,14 @@ def surface(
         with _variant_checkpoints(run_dir, config, variant) as checkpointer:
             at_step, state = _restore(checkpointer, trainer, step, variant)
         origin = _variables(state)
-        metric_fn = make_metric_fn(trainer.model, mode, accuracy=accuracy)
+        grid_fn, gradient_fn = compiled_picture_functions(
+            config.model_for(variant),
+            dataset.num_classes,
+            mode,
+            accuracy,
+            options.strategy,
+            options.map_batch_size,
+        )
         stacked, batch_steps = _batches(trainer, state, at_step, batches)
         key = jax.random.key(seed)
         zeros = jax.tree.map(jnp.zeros_like, origin["batch_stats"])
@@ -581,7 +609,7 @@ def surface(
                 key, origin["params"], dims, ignore=ignore, orthogonalize=orthogonalize
             )
         else:
-            grad = make_gradient_fn(metric_fn)(origin, stacked)
+            grad = gradient_fn(origin, stacked)
             info["grad_norm"] = float(optax.tree.norm(grad))
             param_dirs = (gradient_direction(grad, origin["params"], ignore=ignore),)
             if dims == 2:
@@ -609,7 +637,7 @@ def surface(
         label = name or f"step{at_step}_{dims}d_{direction}"
         path = record_path(run_dir, variant, label)
         _evaluate_record(
-            metric_fn,
+            grid_fn,
             origin,
             directions,
             stacked,
@@ -665,7 +693,14 @@ def interpolate(
             step_a, state_a = _restore(checkpointer, trainer, start, variant)
             step_b, state_b = _restore(checkpointer, trainer, end, variant)
         x_a, x_b = _variables(state_a), _variables(state_b)
-        metric_fn = make_metric_fn(trainer.model, mode, accuracy=accuracy)
+        grid_fn, _ = compiled_picture_functions(
+            config.model_for(variant),
+            dataset.num_classes,
+            mode,
+            accuracy,
+            options.strategy,
+            options.map_batch_size,
+        )
         stacked, batch_steps = _batches(trainer, state_a, step_a, batches)
         t = grid_coords([grid])[:, 0]
         coords = np.stack([1.0 - t, t], axis=-1)
@@ -688,7 +723,7 @@ def interpolate(
         label = name or f"interp_{step_a}_{step_b}"
         path = record_path(run_dir, variant, label)
         _evaluate_record(
-            metric_fn,
+            grid_fn,
             origin,
             (x_a, x_b),
             stacked,
@@ -706,7 +741,7 @@ def interpolate(
 
 
 def _evaluate_record(
-    metric_fn: Callable,
+    grid_fn: Callable,
     origin: Any,
     directions: Sequence[Any],
     batches: Any,
@@ -724,9 +759,6 @@ def _evaluate_record(
     devices = jax.device_count() if mesh is not None else 1
     chunk = options.chunk or default_chunk(devices=devices)
     chunk = -(-chunk // devices) * devices  # the points split evenly over the devices
-    grid_fn = make_grid_fn(
-        metric_fn, strategy=options.strategy, map_batch_size=options.map_batch_size, mesh=mesh
-    )
     header = {
         **header,
         "axes": [list(a) for a in axes],

@@ -255,10 +255,10 @@ def test_sharding_over_8_host_devices_splits_the_points_and_matches_one_device()
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from landscape.data import synthetic_dataset
+    from landscape.data import load_dataset
     from landscape.runs import run
 
-    dataset = synthetic_dataset(seed=0, num_train=256, num_test=64)
+    dataset = load_dataset("synthetic", progress=False)  # what the CLI loads for this run
     config = RunConfig(
         preset="test",
         data="synthetic",
