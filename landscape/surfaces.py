@@ -783,3 +783,95 @@ def _evaluate_record(
         fields=("loss", "accuracy") if accuracy else ("loss",),
         on_progress=on_progress,
     )
+
+
+# --- speed --------------------------------------------------------------------------------------
+
+
+def time_grid(
+    config: RunConfig,
+    dataset: Dataset,
+    *,
+    variant: str = "batchnorm",
+    points: int = 8,
+    chunk: int | None = None,
+    strategies: Sequence[str] = GRID_STRATEGIES,
+    repeats: int = 3,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Times a picture's grid against one loss evaluation, side by side in one process.
+
+    On the initial state of ``variant`` with the batch of step 0, a 2D grid of ``points``
+    points is evaluated by a plain Python loop over one jitted point function (fetching each
+    value, as a naive implementation does) and by ``evaluate_grid`` with each strategy in
+    chunks of ``chunk``; one jitted loss evaluation at x is the unit. Rounds alternate between
+    the candidates and medians are reported, so a shared machine slows them alike. Returns
+    seconds per point, the ratio to one loss evaluation, and compile seconds.
+    """
+    import statistics
+    import time
+
+    from landscape.runs import Trainer
+
+    say = say or (lambda message: None)
+    trainer = Trainer(config, variant, dataset)
+    state = trainer.initial_state()
+    origin = _variables(state)
+    batches, _ = _batches(trainer, state, 0, 1)
+    metric_fn = make_metric_fn(trainer.model, "train", accuracy=True)
+    directions = tuple(
+        {"params": d, "batch_stats": jax.tree.map(jnp.zeros_like, origin["batch_stats"])}
+        for d in random_directions(jax.random.key(0), origin["params"], 2)
+    )
+    side = int(np.ceil(np.sqrt(points)))
+    coords = grid_coords([(-1.0, 1.0, side), (-1.0, 1.0, side)])[:points]
+    chunk = chunk or default_chunk()
+
+    def timed(fn: Callable[[], Any]) -> float:
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        return time.perf_counter() - start
+
+    loss_at = jax.jit(lambda point, batch: metric_fn(point, batch))
+    one_batch = jax.tree.map(lambda x: x[0], batches)
+    candidates: dict[str, Callable[[], Any]] = {
+        "loss": lambda: loss_at(origin, one_batch),
+    }
+    compile_s: dict[str, float] = {}
+    point_fn = jax.jit(lambda o, d, c, b: _batch_mean(metric_fn, _move(o, d, c), b))
+    candidates["loop"] = lambda: [
+        np.asarray(point_fn(origin, directions, jnp.asarray(c), batches)) for c in coords
+    ]
+    for strategy in strategies:
+        fn = make_grid_fn(metric_fn, strategy=strategy, mesh=point_mesh())
+        candidates[strategy] = lambda fn=fn: evaluate_grid(
+            fn, origin, directions, coords, batches, chunk=chunk
+        )
+    for name, fn in candidates.items():
+        say(f"compiling {name}")
+        compile_s[name] = timed(fn)
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_ in range(repeats):
+        say(f"timing round {round_ + 1}/{repeats}")
+        for name, fn in candidates.items():
+            times[name].append(timed(fn))
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    loss_s = median["loss"]
+    per_point = {name: median[name] / points for name in candidates if name != "loss"}
+    return {
+        "settings": {
+            "variant": variant,
+            "model": dataclasses.asdict(config.model_for(variant)),
+            "batch_size": config.batch_size,
+            "points": points,
+            "chunk": chunk,
+            "repeats": repeats,
+            "devices": jax.device_count(),
+            "backend": jax.default_backend(),
+            "data": dataset.name,
+        },
+        "loss_s": loss_s,
+        "per_point_s": per_point,
+        "per_point_over_loss": {name: s / loss_s for name, s in per_point.items()},
+        "first_call_s": compile_s,
+    }
