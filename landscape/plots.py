@@ -595,9 +595,13 @@ def surface_line_figure(records: dict[str, dict[str, Any]]) -> Figure:
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", alpha=0.3)
     ax_loss.set_title(f"L(x + a d) around step {s.get('step')}")
+    what = (
+        "d = −g scaled to ‖x‖"
+        if s.get("direction") == "gradient"
+        else f"random filter-normalised d, seed {s.get('seed')}"
+    )
     fig.suptitle(
-        f"{s.get('direction', 'random')} direction, filter-normalised, seed {s.get('seed')}; "
-        + _picture_subtitle(first),
+        f"{what}; {_picture_subtitle(first)}",
         fontsize=9,
         color="0.3",
     )
@@ -656,8 +660,8 @@ def surface_contour_figure(records: dict[str, dict[str, Any]]) -> Figure:
     first = _first(records)
     s = first["header"].get("settings", {})
     fig.suptitle(
-        f"L(x + a d1 + b d2) around step {s.get('step')} ({s.get('direction')} directions, "
-        f"filter-normalised, seed {s.get('seed')}; {_picture_subtitle(first)})",
+        f"L(x + a d1 + b d2) around step {s.get('step')}\n{s.get('direction')} directions, "
+        f"filter-normalised, seed {s.get('seed')}; {_picture_subtitle(first)}",
         fontsize=10,
     )
     return fig
@@ -683,8 +687,12 @@ def surface_3d_figure(records: dict[str, dict[str, Any]]) -> Figure:
         ax.set_xlabel("a")
         ax.set_ylabel("b")
         ax.set_zlabel("loss (nats)")
-    s = _first(records)["header"].get("settings", {})
-    fig.suptitle(f"L(x + a d1 + b d2) around step {s.get('step')}", fontsize=10)
+    first = _first(records)
+    s = first["header"].get("settings", {})
+    fig.suptitle(
+        f"L(x + a d1 + b d2) around step {s.get('step')}\n{_picture_subtitle(first)}",
+        fontsize=10,
+    )
     return fig
 
 

@@ -348,3 +348,50 @@ def test_cli_surface_and_interpolate_write_records_and_figures(tiny_run):
     assert runner.invoke(app, ["plot", str(run_dir), "--formats", "png"]).exit_code == 0
     assert runner.invoke(app, ["report", str(run_dir)]).exit_code == 0
     assert "Loss-landscape pictures" in (run_dir / "report.html").read_text()
+
+
+def _fake_record(run_dir, variant, name, kind, axes, settings, values):
+    from landscape.results import RecordWriter
+
+    path = records.record_path(run_dir, variant, name)
+    header = {"kind": kind, "settings": {**settings, "accuracy": False}, "axes": axes}
+    records.open_record(path, header)
+    flat = np.ravel(values)
+    points = [p for p in range(flat.size) if np.isfinite(flat[p])]
+    with RecordWriter(path) as writer:
+        writer.write([{"points": points, "loss": flat[points].tolist()}])
+
+
+def test_figures_share_one_colour_scale_and_mark_the_endpoints(tmp_path):
+    from matplotlib.colors import LogNorm
+
+    from landscape import plots
+
+    (tmp_path / "config.json").write_text(json.dumps({"variants": ["standard", "batchnorm"]}))
+    a = records.axis_values((-1, 1, 5))
+    bowl = 0.5 + np.add.outer(a**2, a**2)
+    for variant, scale in (("standard", 10.0), ("batchnorm", 1.0)):
+        surface = scale * bowl
+        surface[0, 0] = np.nan  # a point an interrupted run has not evaluated yet
+        settings = {"step": 4, "direction": "random", "seed": 0, "mode": "train", "batches": 1}
+        _fake_record(tmp_path, variant, "s2", "surface", [[-1, 1, 5]] * 2, settings, surface)
+        _fake_record(tmp_path, variant, "s1", "surface", [[-1, 1, 5]], settings, scale * bowl[2])
+        interp = {"from": 0, "to": 9, "mode": "eval", "batches": 1}
+        t_values = scale * (1.0 + records.axis_values((-0.5, 1.5, 9)) ** 2)
+        _fake_record(tmp_path, variant, "i", "interpolation", [[-0.5, 1.5, 9]], interp, t_values)
+    figures = plots.surface_figures(tmp_path)
+    assert set(figures) == {"surface_s2_contour", "surface_s2_3d", "surface_s1", "interpolation_i"}
+    contour = figures["surface_s2_contour"]
+    panels = [ax for ax in contour.axes if ax.get_label() != "<colorbar>"]
+    norms = {(c.norm.vmin, c.norm.vmax) for ax in panels for c in ax.collections}
+    assert len(panels) == 2 and len(norms) == 1  # one colour scale for both variants
+    norm = panels[0].collections[0].norm
+    assert isinstance(norm, LogNorm) and norm.vmin == pytest.approx(0.5)
+    assert norm.vmax == pytest.approx(25.0)  # the standard bowl's rim, 10 x 2.5
+    ax = figures["interpolation_i"].axes[0]
+    ends = [line for line in ax.lines if line.get_marker() == "o"]
+    assert [list(line.get_xdata()) for line in ends] == [[0.0, 1.0], [0.0, 1.0]]
+    assert "eval mode" in figures["interpolation_i"]._suptitle.get_text()
+    assert ax.get_yscale() == "log"
+    paths = plots.plot_run(tmp_path, formats=("png",))
+    assert {p.stem for p in paths} == set(figures)
