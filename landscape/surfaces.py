@@ -804,7 +804,8 @@ def time_grid(
     On the initial state of ``variant`` with the batch of step 0, a 2D grid of ``points``
     points is evaluated by a plain Python loop over one jitted point function (fetching each
     value, as a naive implementation does) and by ``evaluate_grid`` with each strategy in
-    chunks of ``chunk``; one jitted loss evaluation at x is the unit. Rounds alternate between
+    chunks of ``chunk``; one jitted loss evaluation at x (the mean of ``points`` calls) is the
+    unit. Rounds alternate between
     the candidates and medians are reported, so a shared machine slows them alike. Returns
     seconds per point, the ratio to one loss evaluation, and compile seconds.
     """
@@ -834,8 +835,9 @@ def time_grid(
 
     loss_at = jax.jit(lambda point, batch: metric_fn(point, batch))
     one_batch = jax.tree.map(lambda x: x[0], batches)
+    # The unit: ``points`` loss evaluations at x one after another, each waited for.
     candidates: dict[str, Callable[[], Any]] = {
-        "loss": lambda: loss_at(origin, one_batch),
+        "loss": lambda: [jax.block_until_ready(loss_at(origin, one_batch)) for _ in coords],
     }
     compile_s: dict[str, float] = {}
     point_fn = jax.jit(lambda o, d, c, b: _batch_mean(metric_fn, _move(o, d, c), b))
@@ -856,7 +858,7 @@ def time_grid(
         for name, fn in candidates.items():
             times[name].append(timed(fn))
     median = {name: statistics.median(ts) for name, ts in times.items()}
-    loss_s = median["loss"]
+    loss_s = median["loss"] / points
     per_point = {name: median[name] / points for name in candidates if name != "loss"}
     return {
         "settings": {
