@@ -278,6 +278,7 @@ def render_report(run_dir: str | os.PathLike) -> str:
             f'<figure><img alt="{_esc(name)}" src="data:image/png;base64,{_png_base64(fig)}">'
             f"<figcaption>{_esc(_CAPTIONS.get(name, name))}</figcaption></figure>"
         )
+    parts += surface_section(run_dir)
     parts += [
         "<h2>Configuration</h2>",
         f"<pre>{_esc(json.dumps(config, indent=2, sort_keys=False))}</pre>"
@@ -308,3 +309,41 @@ def write_report(run_dir: str | os.PathLike, path: str | os.PathLike | None = No
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_report(run_dir), encoding="utf-8")
     return out
+
+
+def surface_section(run_dir: str | os.PathLike) -> list[str]:
+    """Returns the HTML of the loss-landscape pictures section ([] when none was recorded).
+
+    One figure per picture (``landscape surface`` / ``landscape interpolate``), each captioned
+    with what it shows, the directions' seed and the loss mode, and a table of the settings.
+    """
+    from landscape.surface_records import load_surfaces
+
+    pictures = load_surfaces(run_dir)
+    if not pictures:
+        return []
+    parts = [
+        "<h2>Loss-landscape pictures</h2>",
+        '<p class="note">Slices of the loss around a checkpoint along filter-normalised random '
+        "directions or the gradient (Li et al., “Visualizing the Loss Landscape of Neural Nets”, "
+        "NeurIPS 2018), and linear interpolation between two checkpoints (Goodfellow et al., "
+        "ICLR 2015). Each figure says whether BatchNorm ran in train mode (batch statistics, as "
+        "the optimiser sees the loss) or eval mode (running averages).</p>",
+    ]
+    figures = plots.surface_figures(run_dir)
+    for name, fig in figures.items():
+        picture = name.removeprefix("interpolation_").removeprefix("surface_")
+        picture = picture.removesuffix("_contour").removesuffix("_3d")
+        header = next(iter(pictures.get(picture, {}).values()), {}).get("header", {})
+        settings = header.get("settings", {})
+        info = header.get("info", {})
+        caption = f"{name}: " + ", ".join(
+            f"{k} {v}" for k, v in settings.items() if k not in ("variant", "accuracy")
+        )
+        if info.get("mode_text"):
+            caption += f". {info['mode_text']}."
+        parts.append(
+            f'<figure><img alt="{_esc(name)}" src="data:image/png;base64,{_png_base64(fig)}">'
+            f"<figcaption>{_esc(caption)}</figcaption></figure>"
+        )
+    return parts
