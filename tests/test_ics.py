@@ -14,7 +14,15 @@ import numpy as np
 import optax
 import pytest
 
-from landscape.ics import Layer, internal_covariate_shift, layer_owner, parse_layers
+from landscape.ics import (
+    Layer,
+    internal_covariate_shift,
+    layer_owner,
+    model_layers,
+    parse_layers,
+    record_ics,
+)
+from landscape.results import ICS_FILE, load_ics, read_rows
 
 
 def _problem(seed=0):
@@ -178,3 +186,116 @@ def test_layer_owner_and_parse_layers():
     for bad in ("10", "0", "x", ","):
         with pytest.raises(ValueError, match="--layers"):
             parse_layers(bad, 9)
+
+
+# --- from a run's checkpoints, and the command ---------------------------------------------------
+
+
+def test_model_layers_of_vgg_group_batchnorm_with_its_conv():
+    from landscape.models import create_model, init_variables
+
+    model = create_model("vgg11", width=0.0625, norm="batchnorm")
+    variables = init_variables(model, jax.random.key(0))
+    layers = model_layers(model, variables, jnp.zeros((1, 32, 32, 3)))
+    assert [layer.name for layer in layers] == [*(f"conv{i}" for i in range(1, 9)), "classifier"]
+    assert layers[4].modules == (("Conv3x3_4",), ("BatchNorm_4",))
+    assert layers[8].modules == (("Dense_0",),)
+    owner = layer_owner(variables["params"], layers)
+    assert owner["BatchNorm_4"]["scale"] == 5 and owner["Dense_0"]["kernel"] == 9
+
+
+def test_record_ics_matches_the_saved_next_checkpoint(keep_all_run):
+    """The classifier's G' recomputed from checkpoints t and t+1 equals the recorded distance:
+    the update used is the one training took."""
+    from landscape.checkpoints import Checkpointer
+    from landscape.data import synthetic_dataset
+    from landscape.runs import Trainer, load_config
+
+    tiny_dataset = synthetic_dataset()
+    written = record_ics(
+        keep_all_run, steps=[2], layers="1,9", progress=False, dataset=tiny_dataset
+    )
+    row = read_rows(written["batchnorm"])[-1]
+    assert row["step"] == 2 and row["layer"] == [1, 9] and row["bn_mode"] == "train"
+    assert row["layer_name"] == ["conv1", "classifier"]
+    assert row["dist"][0] == 0.0 and row["cosine"][0] == pytest.approx(1.0, abs=1e-6)
+
+    config = load_config(keep_all_run)
+    trainer = Trainer(config, "batchnorm", tiny_dataset)
+    template = trainer.initial_state()
+    with Checkpointer(keep_all_run / "batchnorm" / "checkpoints", config.checkpoint) as ckpt:
+        now, after = ckpt.restore(2, template), ckpt.restore(3, template)
+    batch = trainer.train_source(2)
+    mixed = {**after.params, "Dense_0": now.params["Dense_0"]}
+    g = trainer.train_step(now, batch)[1].grads["Dense_0"]
+    g_shift = trainer.train_step(now.replace(params=mixed), batch)[1].grads["Dense_0"]
+    dist = float(optax.tree.norm(optax.tree.sub(g, g_shift)))
+    assert dist > 0
+    assert row["dist"][1] == pytest.approx(dist, rel=1e-4)
+    assert row["grad_norm"][1] == pytest.approx(float(optax.tree.norm(g)), rel=1e-5)
+
+
+def test_ics_command(keep_all_run):
+    from typer.testing import CliRunner
+
+    from landscape.cli import app
+
+    runner = CliRunner()
+    args = ["ics", str(keep_all_run), "--every", "3", "--layers", "2,9", "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    path = keep_all_run / "batchnorm" / ICS_FILE
+    steps = [r["step"] for r in read_rows(path) if r["layer"] == [2, 9]]
+    assert steps == [0, 3, 6]
+    lines = path.read_text().count("\n")
+    again = runner.invoke(app, args)  # everything is done: nothing is appended
+    assert again.exit_code == 0, again.output
+    assert path.read_text().count("\n") == lines
+    records = load_ics(keep_all_run)["batchnorm"]
+    assert set(records) >= {2, 9} and records[9]["name"] == "classifier"
+    np.testing.assert_array_equal(records[2]["step"][-3:], [0, 3, 6][-len(records[2]["step"]) :])
+    for bad, message in (
+        (["ics", str(keep_all_run / "nothing")], "not a landscape run"),
+        (["ics", str(keep_all_run), "--layers", "10"], "numbered 1..9"),
+        (["ics", str(keep_all_run), "--layers", "x"], "--layers"),
+        (["ics", str(keep_all_run), "--every", "0"], "--every"),
+        (["ics", str(keep_all_run), "--variants", "standard"], "not in the run"),
+    ):
+        out = runner.invoke(app, [*bad, "--no-progress"])
+        assert out.exit_code == 2, out.output
+        assert message in out.output and "Traceback" not in out.output
+        assert len(out.output.strip().splitlines()) == 1
+
+
+# --- the figure -------------------------------------------------------------------------------
+
+
+def _fake_ics(variants=("standard", "batchnorm"), layers=(1, 5, 9)):
+    steps = np.arange(0, 10, 2)
+    return {
+        v: {
+            n: {
+                "step": steps,
+                "name": f"conv{n}",
+                "dist": np.linspace(0.1, 1.0, 5) * (k + 1) * (n > 1),
+                "cosine": np.full(5, 0.9 - 0.2 * k),
+                "grad_norm": np.ones(5),
+                "shifted_grad_norm": np.ones(5),
+            }
+            for n in layers
+        }
+        for k, v in enumerate(variants)
+    }
+
+
+def test_ics_figure_draws_the_papers_layers():
+    from landscape.plots import ics_figure, variant_color
+
+    fig = ics_figure(_fake_ics())
+    axes = fig.axes
+    assert len(axes) == 4  # layers 5 and 9 (the recorded layer nearest to the paper's #10)
+    assert "layer #5" in axes[0].get_title() and "layer #9" in axes[2].get_title()
+    colors = {line.get_color() for line in axes[1].lines}
+    assert colors == {variant_color("standard"), variant_color("batchnorm")}
+    np.testing.assert_allclose(axes[1].lines[1].get_ydata(), 0.7)
+    assert len(ics_figure(_fake_ics(), layers=[1]).axes) == 2
