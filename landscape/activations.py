@@ -60,44 +60,44 @@ def sown_preactivations(
 
 
 def distribution_stats(
-    values: jax.Array, unit: int = 0, percentiles: Sequence[float] = PERCENTILES
-) -> dict[str, jax.Array]:
+    values: np.ndarray | jax.Array, unit: int = 0, percentiles: Sequence[float] = PERCENTILES
+) -> dict[str, np.ndarray]:
     """Returns the distribution summary of one layer's activations (units on the last axis).
 
     ``percentiles`` (P,), ``mean`` and ``var`` (biased) over every entry; ``unit_percentiles``,
-    ``unit_mean``, ``unit_var`` over the entries of channel ``unit`` (all examples and positions).
-    Units: those of the activations.
+    ``unit_mean``, ``unit_var`` over the entries of channel ``unit`` (all examples and positions;
+    clipped to the layer's width). Units: those of the activations; computed in float64.
+
+    This runs on the host with numpy: ``np.percentile`` selects in linear time, where a
+    percentile on the device sorts the whole layer (measured on 2 CPU cores: 40 s against about
+    1 s for the 8 layers of VGG-11 at width 1/4 on 1,000 images).
     """
-    q = jnp.asarray(percentiles, values.dtype)
+    values = np.asarray(values, dtype=np.float64)
     flat = values.reshape(-1)
-    one = values[..., unit].reshape(-1)
+    one = values[..., min(unit, values.shape[-1] - 1)].reshape(-1)
+    q = np.asarray(percentiles, dtype=np.float64)
     return {
-        "percentiles": jnp.percentile(flat, q),
-        "mean": jnp.mean(flat),
-        "var": jnp.var(flat),
-        "unit_percentiles": jnp.percentile(one, q),
-        "unit_mean": jnp.mean(one),
-        "unit_var": jnp.var(one),
+        "percentiles": np.percentile(flat, q),
+        "mean": flat.mean(),
+        "var": flat.var(),
+        "unit_percentiles": np.percentile(one, q),
+        "unit_mean": one.mean(),
+        "unit_var": one.var(),
     }
 
 
-def make_activation_fn(
-    model: nn.Module,
-    layers: Sequence[int],
-    *,
-    train: bool = True,
-    unit: int = 0,
-    percentiles: Sequence[float] = PERCENTILES,
+def make_preactivation_fn(
+    model: nn.Module, layers: Sequence[int], *, train: bool = True
 ) -> Callable:
-    """Returns jitted ``f(params, batch_stats, images, rng) -> {stat: array}`` for ``layers``.
+    """Returns jitted ``f(params, batch_stats, images, rng) -> tuple of arrays``, one per layer.
 
-    Each stat of ``distribution_stats`` is stacked over the layers (first axis, in the order of
-    ``layers``). The unit index is clipped to each layer's width.
+    Each array is the input to the ReLU of conv layer n (for n in ``layers``, in that order);
+    ``rng`` is key data (``landscape.train.step_batch``'s noise key).
     """
     layers = tuple(layers)
 
     @jax.jit
-    def activation_fn(params, batch_stats, images, rng):
+    def preactivation_fn(params, batch_stats, images, rng):
         sown = sown_preactivations(
             model,
             {"params": params, "batch_stats": batch_stats},
@@ -105,13 +105,19 @@ def make_activation_fn(
             train=train,
             rng=jax.random.wrap_key_data(rng),
         )
-        per_layer = [
-            distribution_stats(sown[n], min(unit, sown[n].shape[-1] - 1), percentiles)
-            for n in layers
-        ]
-        return {k: jnp.stack([s[k] for s in per_layer]) for k in STATS}
+        return tuple(sown[n] for n in layers)
 
-    return activation_fn
+    return preactivation_fn
+
+
+def layer_stats(
+    arrays: Sequence[np.ndarray | jax.Array],
+    unit: int = 0,
+    percentiles: Sequence[float] = PERCENTILES,
+) -> dict[str, np.ndarray]:
+    """Returns ``distribution_stats`` of each array, stacked over the layers (first axis)."""
+    per_layer = [distribution_stats(a, unit, percentiles) for a in jax.device_get(arrays)]
+    return {k: np.stack([s[k] for s in per_layer]) for k in STATS}
 
 
 def count_preactivations(model: nn.Module, variables: dict, image_shape: Sequence[int]) -> int:
@@ -181,9 +187,9 @@ def record_activations(
         count = count_preactivations(trainer.model, variables, dataset.test_images.shape[1:])
         text = layers if layers is None or isinstance(layers, str) else ",".join(map(str, layers))
         try:
-            numbers = parse_layers(text, count)
+            numbers = parse_layers(text, count, "conv layers with a ReLU input")
         except ValueError as err:
-            raise RunError(f"{err} with a pre-activation (conv layers)") from None
+            raise RunError(str(err)) from None
         checkpointer = Checkpointer(run_dir / variant / "checkpoints", config.checkpoint)
         path = run_dir / variant / ACTIVATIONS_FILE
         need = set(numbers)
@@ -193,21 +199,19 @@ def record_activations(
         written[variant] = path
     with progress_bar(progress, [(j[0], len(j[-1])) for j in jobs]) as advance:
         for variant, trainer, template, numbers, checkpointer, todo in jobs:
-            stats_fn = make_activation_fn(
-                trainer.model, numbers, train=bn_mode == "train", unit=unit
-            )
+            preact_fn = make_preactivation_fn(trainer.model, numbers, train=bn_mode == "train")
             mode = bn_mode if template.batch_stats else "none"
             with RecordWriter(written[variant]) as writer:
                 for step in todo:
                     state = checkpointer.restore(step, template)
                     # The step's own noise key, so a noisy layer draws what training drew.
                     rng = step_batch(state, {})["rng"]
-                    stats = stats_fn(state.params, state.batch_stats, images, rng)
-                    after = None
+                    arrays = preact_fn(state.params, state.batch_stats, images, rng)
+                    stats, after = layer_stats(arrays, unit), None
                     if consecutive:
                         nxt, _ = trainer.train_step(state, trainer.train_source(step))
-                        after = stats_fn(nxt.params, nxt.batch_stats, images, rng)
-                    stats, after = jax.device_get((stats, after))
+                        arrays = preact_fn(nxt.params, nxt.batch_stats, images, rng)
+                        after = layer_stats(arrays, unit)
                     writer.write(
                         [activation_record(step, numbers, stats, after, unit, examples, mode)]
                     )

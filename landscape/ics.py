@@ -259,7 +259,7 @@ def make_ics_step(
 # --- offline, from a run's checkpoints ----------------------------------------------------------
 
 
-def parse_layers(text: str | None, count: int) -> list[int]:
+def parse_layers(text: str | None, count: int, what: str = "layers") -> list[int]:
     """Returns the layer numbers of ``--layers`` ("5,9"; None = all ``count``), validated."""
     if text is None or not text.strip():
         return list(range(1, count + 1))
@@ -269,7 +269,7 @@ def parse_layers(text: str | None, count: int) -> list[int]:
         raise ValueError(f"--layers {text!r}: use layer numbers like 5,9") from None
     bad = [n for n in numbers if not 1 <= n <= count]
     if not numbers or bad:
-        raise ValueError(f"--layers {text!r}: the model has {count} layers, numbered 1..{count}")
+        raise ValueError(f"--layers {text!r}: the model has {count} {what}, numbered 1..{count}")
     return list(dict.fromkeys(numbers))
 
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from landscape.activations import (
     activation_record,
     distribution_stats,
-    make_activation_fn,
+    layer_stats,
+    make_preactivation_fn,
     record_activations,
     sown_preactivations,
 )
@@ -22,18 +23,20 @@ from landscape.results import ACTIVATIONS_FILE, RecordWriter, load_activations, 
 
 def test_percentiles_match_numpy_on_a_hand_made_batch():
     values = np.arange(2 * 3 * 3 * 4, dtype=np.float64).reshape(2, 3, 3, 4) ** 1.5 % 17 - 5
-    with jax.enable_x64(True):
-        stats = distribution_stats(jnp.asarray(values), unit=2)
-        np.testing.assert_allclose(stats["percentiles"], np.percentile(values, [15, 50, 85]))
-        one = values[..., 2].ravel()
-        np.testing.assert_allclose(stats["unit_percentiles"], np.percentile(one, [15, 50, 85]))
-        assert float(stats["mean"]) == pytest.approx(values.mean(), abs=1e-12)
-        assert float(stats["var"]) == pytest.approx(values.var(), abs=1e-12)
-        assert float(stats["unit_mean"]) == pytest.approx(one.mean(), abs=1e-12)
-        assert float(stats["unit_var"]) == pytest.approx(one.var(), abs=1e-12)
-    # A tiny case by hand: 0..10, the 15th percentile interpolates between 1 and 2.
-    tiny = distribution_stats(jnp.arange(11.0).reshape(11, 1), percentiles=(15, 50, 85))
-    np.testing.assert_allclose(tiny["percentiles"], [1.5, 5.0, 8.5], atol=1e-6)
+    stats = distribution_stats(values, unit=2)
+    np.testing.assert_allclose(stats["percentiles"], np.percentile(values, [15, 50, 85]))
+    one = values[..., 2].ravel()  # channel 2 over every example and position
+    np.testing.assert_allclose(stats["unit_percentiles"], np.percentile(one, [15, 50, 85]))
+    assert float(stats["mean"]) == pytest.approx(values.mean(), abs=1e-12)
+    assert float(stats["var"]) == pytest.approx(values.var(), abs=1e-12)
+    assert float(stats["unit_mean"]) == pytest.approx(one.mean(), abs=1e-12)
+    assert float(stats["unit_var"]) == pytest.approx(one.var(), abs=1e-12)
+    # By hand: units 0 and 1 of 0..19 laid out as (10, 2); unit 1 is 1, 3, ..., 19. Linear
+    # interpolation: the 15th percentile of 0..19 sits at rank 2.85, of unit 1 at rank 1.35.
+    hand = distribution_stats(jnp.arange(20.0).reshape(10, 2), unit=1)
+    np.testing.assert_allclose(hand["percentiles"], [2.85, 9.5, 16.15], atol=1e-12)
+    np.testing.assert_allclose(hand["unit_percentiles"], [3.7, 10.0, 16.3], atol=1e-12)
+    assert hand["unit_mean"] == 10.0 and hand["unit_var"] == pytest.approx(33.0)
 
 
 def _conv(x, p):
@@ -77,13 +80,16 @@ def test_sown_preactivation_equals_a_manual_forward_pass(norm, placement):
         pre2 = _conv(_pool(jax.nn.relu(z1)), p["Conv3x3_1"])
     np.testing.assert_allclose(sown[1], pre1, atol=2e-5)
     np.testing.assert_allclose(sown[2], pre2, atol=2e-5)
-    # The jitted statistics are those of the sown arrays; the unit is clipped to the layer width.
-    stats_fn = make_activation_fn(model, (2, 1), unit=100)
+    # The jitted function returns the sown arrays; the unit is clipped to each layer's width.
+    preact_fn = make_preactivation_fn(model, (2, 1))
     key = jax.random.key_data(jax.random.key(0))
-    stats = stats_fn(variables["params"], variables["batch_stats"], images, key)
+    arrays = preact_fn(variables["params"], variables["batch_stats"], images, key)
+    np.testing.assert_allclose(arrays[0], sown[2], rtol=1e-5, atol=1e-5)
+    stats = layer_stats(arrays, unit=100)
     expected = distribution_stats(sown[2], unit=sown[2].shape[-1] - 1)
     for name in ("percentiles", "mean", "var", "unit_percentiles", "unit_var"):
         np.testing.assert_allclose(stats[name][0], expected[name], rtol=1e-5, atol=1e-6)
+    assert stats["percentiles"].shape == (2, 3)
 
 
 def test_eval_mode_uses_the_running_averages():
