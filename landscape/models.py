@@ -139,11 +139,14 @@ class VGG(nn.Module):
             x = Conv3x3(scaled_width(int(v), self.width), impl=impls[conv_index])(x)
             conv_index += 1
             norm = make_norm(self.norm, train)
-            if self.placement == "before":
-                x = nn.relu(norm(x) if norm is not None else x)
-            else:
-                x = nn.relu(x)
-                x = norm(x) if norm is not None else x
+            if self.placement == "before" and norm is not None:
+                x = norm(x)
+            # The input to the nonlinearity, the distribution Ioffe & Szegedy track (their
+            # Figure 1): kept only when "intermediates" is mutable, e.g. for landscape.activations.
+            self.sow("intermediates", f"preact{conv_index}", x)
+            x = nn.relu(x)
+            if self.placement == "after" and norm is not None:
+                x = norm(x)
         x = x.reshape(x.shape[0], -1)
         return nn.Dense(self.num_classes, kernel_init=glorot, bias_init=nn.initializers.zeros)(x)
 

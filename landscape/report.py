@@ -271,6 +271,7 @@ def render_report(run_dir: str | os.PathLike) -> str:
         parts.append('<p class="note">No probe records in this run.</p>')
     parts += ["<h2>Training</h2>", _metrics_table(metrics), "<h2>Figures</h2>"]
     figures = plots.run_figures(run_dir)
+    shift = {name: figures.pop(name) for name in SHIFT_FIGURES if name in figures}
     if not figures:
         parts.append('<p class="note">Nothing to plot yet.</p>')
     for name, fig in figures.items():
@@ -279,6 +280,7 @@ def render_report(run_dir: str | os.PathLike) -> str:
             f"<figcaption>{_esc(_CAPTIONS.get(name, name))}</figcaption></figure>"
         )
     parts += surface_section(run_dir)
+    parts += shift_section(run_dir, shift)
     parts += [
         "<h2>Configuration</h2>",
         f"<pre>{_esc(json.dumps(config, indent=2, sort_keys=False))}</pre>"
@@ -345,5 +347,75 @@ def surface_section(run_dir: str | os.PathLike) -> list[str]:
         parts.append(
             f'<figure><img alt="{_esc(name)}" src="data:image/png;base64,{_png_base64(fig)}">'
             f"<figcaption>{_esc(caption)}</figcaption></figure>"
+        )
+    return parts
+
+
+# --- internal covariate shift and distributional stability -------------------------------------
+
+SHIFT_FIGURES = ("internal_covariate_shift", "activations")
+_SHIFT_CAPTIONS = {
+    "internal_covariate_shift": (
+        "The paper's Figure 3 (Definition 2.1). For layer i at step t, G is the gradient of the "
+        "loss with respect to the layer's parameters and G′ the same gradient, on the same batch, "
+        "after every preceding layer took the update the optimiser actually made at step t. Left: "
+        "‖G − G′‖ (ideally 0); right: cos(G, G′) (ideally 1). The paper's #5 and #10 are drawn as "
+        "our layer 5 and the nearest recorded layer to 10 (VGG-11 has 9: conv 1-8 and the "
+        "classifier); BatchNorm in training mode on the step's batch."
+    ),
+    "activations": (
+        "Distributional stability (Ioffe & Szegedy's Figure 1; the paper's Figure 8). The input "
+        "to the ReLU of a few conv layers, on a fixed held-out batch of test images: the band "
+        "between the 15th and 85th percentiles of one unit with its median, and the change of "
+        "that unit's mean and variance from step t to t + 1 (t + 1 recomputed with the run's "
+        "own training step)."
+    ),
+}
+
+
+def _ics_table(records: dict) -> str:
+    head = ["variant", "layer", "steps", "median ‖G − G′‖", "median cos(G, G′)", "median ‖G‖"]
+    out = ["<table>", "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"]
+    for variant, layers in records.items():
+        for layer, r in layers.items():
+            cells = [
+                f"{_esc(plots.variant_label(variant))}",
+                f"{layer} ({_esc(r.get('name', ''))})",
+                str(len(r["step"])),
+                *(format_value(np.nanmedian(r[k])) for k in ("dist", "cosine", "grad_norm")),
+            ]
+            out.append(
+                "<tr>"
+                + "".join(
+                    f'<td class="num">{c}</td>' if i > 1 else f"<td>{c}</td>"
+                    for i, c in enumerate(cells)
+                )
+                + "</tr>"
+            )
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def shift_section(run_dir: str | os.PathLike, figures: dict) -> list[str]:
+    """Returns the HTML of the ICS / activation section (empty when the run has no such records).
+
+    ``figures`` are the ``SHIFT_FIGURES`` of ``plots.run_figures``; the ICS medians per variant
+    and layer come from ``ics.jsonl``.
+    """
+    from landscape.results import load_ics
+
+    if not figures:
+        return []
+    parts = ["<h2>Internal covariate shift and distributional stability</h2>"]
+    ics = load_ics(run_dir)
+    if ics:
+        parts += [
+            '<p class="note">Medians over the measured steps (<code>landscape ics</code>).</p>',
+            _ics_table(ics),
+        ]
+    for name, fig in figures.items():
+        parts.append(
+            f'<figure><img alt="{_esc(name)}" src="data:image/png;base64,{_png_base64(fig)}">'
+            f"<figcaption>{_esc(_SHIFT_CAPTIONS.get(name, name))}</figcaption></figure>"
         )
     return parts

@@ -190,3 +190,67 @@ def table(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
                     }
                 )
     return flat
+
+
+# --- per-layer records: internal covariate shift, activation distributions -------------------
+
+ICS_FILE = "ics.jsonl"
+ACTIVATIONS_FILE = "activations.jsonl"
+# The per-layer fields of each file: lists with one entry per measured layer.
+ICS_FIELDS = ("dist", "cosine", "grad_norm", "shifted_grad_norm")
+ACTIVATION_FIELDS = (
+    *("percentiles", "mean", "var", "unit_percentiles", "unit_mean", "unit_var"),
+    *("d_mean", "d_var", "d_unit_mean", "d_unit_var"),
+)
+
+
+def load_layer_records(
+    run_dir: str | os.PathLike, name: str, fields: Iterable[str]
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """Loads a per-layer record file of every variant: ``{variant: {layer: {field: array}}}``.
+
+    Rows hold ``step``, ``layer`` (1-based layer numbers), ``layer_name`` and, for each of
+    ``fields``, one value per layer. Per layer: ``step`` (S,) sorted, each field as a float array
+    (S,) or (S, P) (NaN where a row lacks it), ``name``, and the other keys of the newest row
+    (e.g. ``bn_mode``). The last row for a step wins, so a rerun that adds layers only adds.
+    """
+    fields = tuple(fields)
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for variant in variants(run_dir):
+        per_layer: dict[int, dict[int, dict[str, Any]]] = {}
+        meta: dict[int, dict[str, Any]] = {}
+        for row in read_rows(Path(run_dir) / variant / name):
+            other = {k: v for k, v in row.items() if k not in (*fields, "step", "layer")}
+            for j, layer in enumerate(row.get("layer", ())):
+                values = {k: row[k][j] if k in row else np.nan for k in fields}
+                per_layer.setdefault(layer, {})[row["step"]] = values
+                meta[layer] = {**other, "name": row.get("layer_name", [str(layer)] * (j + 1))[j]}
+                meta[layer].pop("layer_name", None)
+        if not per_layer:
+            continue
+        out[variant] = {}
+        for layer in sorted(per_layer):
+            by_step = per_layer[layer]
+            steps = sorted(by_step)
+            data = {}
+            for key in fields:
+                values = [by_step[s][key] for s in steps]
+                width = max((len(v) for v in values if isinstance(v, list)), default=0)
+                if width:
+                    values = [v if isinstance(v, list) else [np.nan] * width for v in values]
+                data[key] = np.asarray(values, dtype=np.float64)
+            out[variant][layer] = {"step": np.asarray(steps, dtype=np.int64), **meta[layer], **data}
+    return out
+
+
+def load_ics(run_dir: str | os.PathLike) -> dict[str, dict[int, dict[str, Any]]]:
+    """Loads ``ics.jsonl`` (``landscape ics``): per variant and layer number, over steps,
+    ``dist`` = ||G - G'||, ``cosine`` = cos(G, G'), ``grad_norm``, ``shifted_grad_norm``."""
+    return load_layer_records(run_dir, ICS_FILE, ICS_FIELDS)
+
+
+def load_activations(run_dir: str | os.PathLike) -> dict[str, dict[int, dict[str, Any]]]:
+    """Loads ``activations.jsonl`` (``landscape activations``): per variant and conv number, over
+    steps, ``percentiles`` (S, P) at levels ``q``, ``mean``, ``var``, the same for one ``unit``,
+    and the consecutive-step changes ``d_mean``, ``d_var``, ``d_unit_mean``, ``d_unit_var``."""
+    return load_layer_records(run_dir, ACTIVATIONS_FILE, ACTIVATION_FIELDS)

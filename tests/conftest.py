@@ -54,3 +54,29 @@ def with_(config: RunConfig, **changes) -> RunConfig:
         else:
             out[key] = value
     return config.replace(**out)
+
+
+@pytest.fixture(scope="session")
+def keep_all_run(tmp_path_factory):
+    """A 6-step BatchNorm VGG-11 run at width 1/8 with every checkpoint kept (ICS, activations),
+    on the default synthetic data, so the CLI's ``--data synthetic`` finds the same data."""
+    from landscape.data import synthetic_dataset
+    from landscape.runs import run
+
+    config = RunConfig(
+        preset="test",
+        data="synthetic",
+        seed=5,
+        steps=6,
+        batch_size=8,
+        eval_every=0,
+        eval_batches=1,
+        log_every=2,
+        variants=("batchnorm",),
+        model=ModelConfig(width=0.125, conv_impl="xla"),
+        checkpoint=CheckpointConfig(every=1, keep_all=True),
+        probe=ProbeConfig(enabled=False),
+    )
+    run_dir = tmp_path_factory.mktemp("keep_all") / "run"
+    run(config, run_dir, probe_enabled=False, progress=False, dataset=synthetic_dataset())
+    return run_dir
