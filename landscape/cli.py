@@ -876,6 +876,13 @@ def hessian(
             help="Restrict the Hessian to the parameters whose '/'-joined path matches this regular expression (e.g. 'Conv3x3_0/', 'kernel$'); repeat for several blocks, 'all' for every parameter. Default: all.",
         ),
     ] = None,
+    small_eta: Annotated[
+        float,
+        typer.Option(
+            "--small-eta",
+            help="The small step size of the probe's effective beta, as a multiple of the learning rate (compared with ||Hg||/||g||, its limit as eta -> 0). Default 1e-3.",
+        ),
+    ] = 1e-3,
     data: Annotated[
         str | None,
         typer.Option(
@@ -896,6 +903,8 @@ def hessian(
         _positive("--density-probes", density_probes)
         _positive("--trace-probes", trace_probes, allow_zero=True)
         _positive("--power-iterations", power_iterations, allow_zero=True)
+        if not small_eta > 0:
+            raise CliError(f"--small-eta must be positive, got {small_eta}")
         if mode not in ("train", "eval"):
             raise CliError(f"unknown --mode {mode!r}; choose train or eval")
         chosen_steps = parse_steps(steps) if steps is not None else None
@@ -921,6 +930,7 @@ def hessian(
                 mode=mode,
                 num_batches=batches,
                 blocks=tuple(layers) if layers else (None,),
+                small_eta_factor=small_eta,
                 dataset=load_dataset(data or config.data, progress=progress) if data else None,
                 on_plan=on_plan,
                 on_record=on_record,
