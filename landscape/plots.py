@@ -614,15 +614,18 @@ def curvature_link_figure(hessian: Records) -> Figure:
     Solid: the paper's effective β-smoothness at a small step size η (App. A.2.2); dashed:
     ‖H g‖/‖g‖, its limit as η → 0; dotted: λ_max, an upper bound of ‖H g‖/‖g‖. Where solid
     and dashed agree the probe measures curvature along g; the gap to λ_max shows how far g is
-    from the sharpest direction.
+    from the sharpest direction. Dash-dotted: β over the run's grid of step sizes, as in Fig. 4c.
+    On ReLU networks a step of any size may cross kinks (ReLU, max-pool), where the gradient
+    jumps: β at small η then exceeds ‖H g‖/‖g‖ instead of tending to it.
     """
     fig, axes = _new_figure(1)
     ax = axes[0, 0]
-    fig.set_size_inches(_PANEL_SIZE[0] * 1.6, _PANEL_SIZE[1] + 0.9)
+    fig.set_size_inches(_PANEL_SIZE[0] * 1.8, _PANEL_SIZE[1] + 1.2)
     styles = (
         ("beta_small", "-", "o", "effective β at small η (probe)"),
         ("hg_ratio", "--", "", "‖H g‖ / ‖g‖"),
         ("lambda_max", ":", "", "λ_max"),
+        ("beta", "-.", "", "β over the probe's grid (Fig. 4c)"),
     )
     for variant, rec in hessian.items():
         color = variant_color(variant)
@@ -641,5 +644,6 @@ def curvature_link_figure(hessian: Records) -> Figure:
         Line2D([], [], color="0.3", ls=ls, marker=marker, ms=3, lw=1.3, label=label)
         for _, ls, marker, label in styles
     ]
-    _figure_legend(fig, handles)
+    # Three columns: variants and line styles would overflow the single panel's width at four.
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False, fontsize=9)
     return fig

@@ -83,7 +83,9 @@ _CAPTIONS = {
     ),
     "curvature_link": (
         "The probe against the Hessian: effective β-smoothness at a small step size (solid), "
-        "‖H g‖/‖g‖, its limit as η → 0 (dashed), and λ_max, their upper bound (dotted)."
+        "‖H g‖/‖g‖, its limit as η → 0 on a smooth loss (dashed), λ_max (dotted) and β over the "
+        "probe's grid as in Figure 4c (dash-dotted). ReLU and max-pool kinks make the gradient "
+        "jump, so on these networks β at a small η can exceed ‖H g‖/‖g‖."
     ),
 }
 
