@@ -76,6 +76,17 @@ _CAPTIONS = {
         "Figure 11 style: gradient distance against the step size η at a few training steps "
         "(light: early, dark: late), one panel per variant, sharing the y axis."
     ),
+    "sharpness": (
+        "Sharpness over training (landscape hessian): (a) the top eigenvalue of the loss's "
+        "Hessian on each recorded step's batch (Lanczos), with the edge of stability 2/lr of "
+        "gradient descent dashed; (b) its trace (Hutchinson) with ±2 standard errors."
+    ),
+    "curvature_link": (
+        "The probe against the Hessian: effective β-smoothness at a small step size (solid), "
+        "‖H g‖/‖g‖, its limit as η → 0 on a smooth loss (dashed), λ_max (dotted) and β over the "
+        "probe's grid as in Figure 4c (dash-dotted). ReLU and max-pool kinks make the gradient "
+        "jump, so on these networks β at a small η can exceed ‖H g‖/‖g‖."
+    ),
 }
 
 
@@ -269,6 +280,7 @@ def render_report(run_dir: str | os.PathLike) -> str:
         ]
     else:
         parts.append('<p class="note">No probe records in this run.</p>')
+    parts += _curvature_section(run_dir)
     parts += ["<h2>Training</h2>", _metrics_table(metrics), "<h2>Figures</h2>"]
     figures = plots.run_figures(run_dir)
     shift = {name: figures.pop(name) for name in SHIFT_FIGURES if name in figures}
@@ -419,3 +431,65 @@ def shift_section(run_dir: str | os.PathLike, figures: dict) -> list[str]:
             f"<figcaption>{_esc(_SHIFT_CAPTIONS.get(name, name))}</figcaption></figure>"
         )
     return parts
+
+
+_CURVATURE_COLUMNS = (
+    ("lambda_max", "λ_max"),
+    ("trace", "trace"),
+    ("hg_ratio", "‖H g‖/‖g‖"),
+    ("beta_small", "β at small η"),
+    ("beta", "β over the grid"),
+)
+
+
+def _curvature_section(run_dir: Path) -> list[str]:
+    """The section on ``landscape hessian``'s records: medians per variant, and their ratio."""
+    from landscape.results import load_hessian
+
+    hessian = load_hessian(run_dir)
+    if not hessian:
+        return []
+    modes = sorted({str(m) for rec in hessian.values() for m in rec.get("mode", [])})
+    head = ["variant", "mode", "steps", *(title for _, title in _CURVATURE_COLUMNS)]
+    out = ["<table>", "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"]
+    medians = {}
+    for variant, rec in hessian.items():
+        medians[variant] = {
+            key: float(np.nanmedian(np.asarray(rec[key], float))) if key in rec else np.nan
+            for key, _ in _CURVATURE_COLUMNS
+        }
+        cells = [
+            _esc(plots.variant_label(variant)),
+            _esc(", ".join(sorted({str(m) for m in rec.get("mode", [])}))),
+            str(len(rec["step"])),
+            *(_esc(format_value(medians[variant][key])) for key, _ in _CURVATURE_COLUMNS),
+        ]
+        out.append(
+            "<tr>"
+            + "".join(
+                f'<td class="num">{c}</td>' if i > 1 else f"<td>{c}</td>"
+                for i, c in enumerate(cells)
+            )
+            + "</tr>"
+        )
+    if "standard" in medians and "batchnorm" in medians:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = [
+                medians["standard"][k] / medians["batchnorm"][k] for k, _ in _CURVATURE_COLUMNS
+            ]
+        out.append(
+            '<tr class="ratio"><td>ratio standard/batchnorm</td><td></td><td></td>'
+            + "".join(f'<td class="num">{_esc(format_value(r))}</td>' for r in ratio)
+            + "</tr>"
+        )
+    out.append("</table>")
+    note = (
+        "Medians over the recorded checkpoints of the Hessian of the training loss on each step's "
+        "own batch (all parameters), from <code>landscape hessian</code>; mode "
+        f"{_esc(', '.join(modes))} (train: BatchNorm normalises with the batch's statistics, as "
+        "the optimiser sees the loss; eval: with its running averages). λ_max: top eigenvalue "
+        "(Lanczos); trace: Hutchinson's estimate; ‖H g‖/‖g‖ is the limit of the effective "
+        "β-smoothness as η → 0, β at small η the probe at a tiny step (default η = 10⁻³ lr). A ratio above 1: the "
+        "standard network is sharper."
+    )
+    return ["<h2>Curvature</h2>", f'<p class="note">{note}</p>', "\n".join(out)]

@@ -254,3 +254,40 @@ def load_activations(run_dir: str | os.PathLike) -> dict[str, dict[int, dict[str
     steps, ``percentiles`` (S, P) at levels ``q``, ``mean``, ``var``, the same for one ``unit``,
     and the consecutive-step changes ``d_mean``, ``d_var``, ``d_unit_mean``, ``d_unit_var``."""
     return load_layer_records(run_dir, ACTIVATIONS_FILE, ACTIVATION_FIELDS)
+
+
+HESSIAN_FILE = "hessian.jsonl"  # written by landscape.curvature.sharpness_over_training
+
+
+def load_hessian(
+    run_dir: str | os.PathLike, *, mode: str | None = None, block: str = "all"
+) -> dict[str, dict[str, np.ndarray]]:
+    """Loads the curvature records of a run (``RUN_DIR/<variant>/hessian.jsonl``).
+
+    Keeps one ``block`` (default: all parameters) and one ``mode``: the given one, else "train"
+    where the variant has it. With several batch counts for a step, the last record wins.
+    Returns ``{variant: {field: array}}`` sorted by step: numbers as float arrays (``step``
+    int) of shape (S,): ``lambda_max``, ``trace``, ``trace_stderr``, ``hg_ratio``,
+    ``beta_small``, ``beta``, ``eos`` (2 / lr), ``seconds``...; ``top_eigenvalues`` (S, k);
+    strings and lists (``mode``, ``ritz_values``, density) as object arrays.
+    """
+    out = {}
+    for variant in variants(run_dir):
+        rows = [
+            r
+            for r in read_rows(Path(run_dir) / variant / HESSIAN_FILE)
+            if r.get("block", "all") == block
+        ]
+        modes = [r.get("mode") for r in rows]
+        chosen = mode or ("train" if "train" in modes else (modes[0] if modes else None))
+        rows = _dedupe_by_step([r for r in rows if r.get("mode") == chosen])
+        if not rows:
+            continue
+        stacked = _stack(rows)
+        tops = [r.get("top_eigenvalues") or [] for r in rows]
+        width = max(len(t) for t in tops)
+        stacked["top_eigenvalues"] = np.asarray(
+            [list(t) + [np.nan] * (width - len(t)) for t in tops], dtype=np.float64
+        )
+        out[variant] = stacked
+    return out
