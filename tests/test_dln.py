@@ -312,7 +312,8 @@ def test_presets_follow_the_papers_protocol():
     assert grid[0] == pytest.approx(1e-8) and grid[-1] == pytest.approx(3e-5)
     assert paper.probe.every == 1 and paper.checkpoint == CheckpointConfig(1, 5, 500)
     quick = preset("dln-quick")
-    assert quick.steps == 1000 and quick.optimizer == paper.optimizer
+    assert quick.steps == 1000 and quick.optimizer == paper.optimizer and quick.probe == paper.probe
+    assert quick.checkpoint.every == 5  # every 5th step checkpointed, hence probed
 
 
 # --- the CLI ------------------------------------------------------------------------------------
