@@ -567,9 +567,10 @@ def dln_training_curves_figure(
 ) -> Figure:
     """A regression run's curves: (a) training loss per step, (b) test loss at each evaluation.
 
-    ``metrics`` is ``landscape.results.load_metrics(run_dir)`` of a deep linear network run;
-    the loss is the squared error ``||f(x) - A x||^2`` (summed over outputs, mean over samples)
-    on log axes. There is no accuracy to draw. ``smooth`` as in ``training_curves_figure``.
+    ``metrics`` is ``landscape.results.load_metrics(run_dir)`` of a deep linear network run,
+    on log axes: (a) the training objective ``||F(X) - A X||_F^2`` summed over the full batch,
+    (b) the test squared error per held-out sample ``||f(x) - A x||^2`` (mean over samples).
+    There is no accuracy to draw. ``smooth`` as in ``training_curves_figure``.
     """
     fig, axes = _new_figure(2)
     ax_train, ax_test = axes[0]
@@ -592,8 +593,8 @@ def dln_training_curves_figure(
                 test["step"], _for_log(test["test_loss"]), color=color, marker="o", ms=4, lw=1.3
             )
     labels = (
-        ("(a) training loss (full batch)", "squared error ‖f(x) − Ax‖²"),
-        ("(b) test loss (held-out inputs)", "squared error ‖f(x) − Ax‖²"),
+        ("(a) training loss (full batch)", "‖F(X) − AX‖²_F, summed over samples"),
+        ("(b) test loss (held-out inputs)", "‖f(x) − Ax‖², mean over samples"),
     )
     for ax, (title, ylabel) in zip(axes[0], labels, strict=True):
         _log_axis(ax)
@@ -634,7 +635,7 @@ def figures_for_model(
     out = dict(figures)
     if "loss_landscape" in out:
         fig = out["loss_landscape"]
-        fig.axes[0].set_ylabel("squared error over η range")
+        fig.axes[0].set_ylabel("‖F(X) − AX‖²_F over η range")
         smoothing = f"; moving average over {smooth} probed steps" if smooth > 1 else ""
         fig.suptitle(title + smoothing, fontsize=11)
     if "grad_dist_vs_eta" in out:

@@ -42,9 +42,10 @@ class StepOutput(NamedTuple):
 
 # --- losses, chosen by name ---------------------------------------------------------------------
 #
-# A loss is a per-example function ``(outputs, targets) -> (batch,)`` and an optional per-example
-# "correct" indicator for accuracy. The model decides which one it is trained with
-# (``landscape.models.loss_for_arch``); the trainer, the probe and the evaluation share it.
+# A loss is a per-example function ``(outputs, targets) -> (batch,)``, how it is reduced over the
+# batch (mean or sum) and an optional per-example "correct" indicator for accuracy. The model
+# decides which one it is trained with (``landscape.models.loss_for_arch``); the trainer, the
+# probe and the evaluation share it.
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -55,8 +56,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
     """Returns the per-example squared error ``||f(x) - y||^2``, summed over outputs, (batch,).
 
-    Averaged over the batch it is the deep linear network's loss of App. A.1,
-    ``||W_25 ... W_1 x - A x||^2``: summed over the output dimensions, mean over samples.
+    Summed over the batch it is the deep linear network's loss of App. A.1,
+    ``||W_25 ... W_1 X - A X||_F^2`` (``sum_squared_error``); averaged, ``squared_error``.
     """
     return jnp.sum(jnp.square(outputs - targets), axis=-1)
 
@@ -67,20 +68,25 @@ def argmax_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 class Loss(NamedTuple):
-    """A training loss by parts: the per-example value and, for classification, correctness."""
+    """A training loss by parts: the per-example value, its reduction over the batch and, for
+    classification, correctness."""
 
     per_example: Callable[[jax.Array, jax.Array], jax.Array]
     correct: Callable[[jax.Array, jax.Array], jax.Array] | None  # None: no accuracy (NaN)
+    reduction: str = "mean"  # "mean" or "sum" over the examples of the batch
 
 
 LOSSES: dict[str, Loss] = {
     "cross_entropy": Loss(cross_entropy, argmax_correct),
+    # Sum over outputs, mean over samples.
     "squared_error": Loss(squared_error, None),
+    # Sum over outputs and samples: ||F(X) - Y||_F^2 over the batch, the DLN's (App. A.1).
+    "sum_squared_error": Loss(squared_error, None, "sum"),
 }
 
 
 def get_loss(name: str) -> Loss:
-    """Returns the loss called ``name`` (cross_entropy or squared_error)."""
+    """Returns the loss called ``name`` (cross_entropy, squared_error, sum_squared_error)."""
     try:
         return LOSSES[name]
     except KeyError:
@@ -144,13 +150,14 @@ def make_loss_fn(model: nn.Module, loss: str = "cross_entropy") -> Callable:
     """Returns the training loss ``loss_fn(params, batch_stats, batch)``.
 
     It evaluates the network in training mode (BatchNorm uses the batch's statistics, as the
-    optimiser sees the loss) and returns ``(mean over the batch of the per-example loss,
-    (new_batch_stats, logits))``: cross-entropy in nats, or the squared error summed over
-    outputs (``loss="squared_error"``, the deep linear network's). The trainer and the probe
-    both use it. ``batch`` is a dict with ``image`` (normalised float32 inputs), ``label``
-    (int32 classes, or float targets) and optionally ``rng`` (key data for noise).
+    optimiser sees the loss) and returns ``(the per-example loss reduced over the batch,
+    (new_batch_stats, logits))``: mean cross-entropy in nats, or the squared error summed over
+    outputs, averaged (``"squared_error"``) or summed (``"sum_squared_error"``, the deep linear
+    network's) over the batch. The trainer and the probe both use it. ``batch`` is a dict with
+    ``image`` (normalised float32 inputs), ``label`` (int32 classes, or float targets) and
+    optionally ``rng`` (key data for noise).
     """
-    per_example = get_loss(loss).per_example
+    spec = get_loss(loss)
 
     def loss_fn(params, batch_stats, batch):
         rngs = {"noise": jax.random.wrap_key_data(batch["rng"])} if "rng" in batch else None
@@ -161,7 +168,8 @@ def make_loss_fn(model: nn.Module, loss: str = "cross_entropy") -> Callable:
             mutable=["batch_stats"],
             rngs=rngs,
         )
-        value = per_example(logits, batch["label"]).mean()
+        losses = spec.per_example(logits, batch["label"])
+        value = losses.sum() if spec.reduction == "sum" else losses.mean()
         return value, (updates.get("batch_stats", {}), logits)
 
     return loss_fn
@@ -206,7 +214,9 @@ def make_eval_step(model: nn.Module, loss: str = "cross_entropy") -> Callable:
     """Returns jitted ``eval_step(params, batch_stats, batch) -> (summed loss, correct count)``.
 
     Evaluation of test accuracy uses inference mode (BatchNorm's running averages). The loss is
-    the training loss ``loss`` summed over the examples; the count is NaN without an accuracy.
+    the per-example training loss ``loss`` summed over the examples (``evaluate`` divides by
+    their number: the test loss is per example whatever the training reduction); the count is
+    NaN without an accuracy.
     """
     spec = get_loss(loss)
 

@@ -92,7 +92,7 @@ def test_batchnorm_dln_normalises_every_hidden_layer_in_float64():
 def test_model_names_and_loss_choice():
     assert create_model("dln").depth == 25 and create_model("dln7").depth == 7
     assert create_model("dln", width=2.0).features == 20
-    assert loss_for_arch("dln") == "squared_error" and loss_for_arch("dln3") == "squared_error"
+    assert loss_for_arch("dln") == "sum_squared_error" == loss_for_arch("dln3")
     assert loss_for_arch("vgg11") == "cross_entropy"
     for bad in ("dln0", "dlnx", "dln-3"):
         with pytest.raises(ValueError, match="unknown architecture"):
@@ -104,27 +104,29 @@ def test_model_names_and_loss_choice():
 # --- the loss and its gradient -----------------------------------------------------------------
 
 
-def test_loss_and_gradient_of_a_3_layer_dln_match_the_closed_form():
-    """L = (1/n) ||W3 W2 W1 X - A X||_F^2 (X with samples as columns): sum over outputs, mean
-    over samples. With R = W3 W2 W1 X - Y: dL/dW3 = (2/n) R (W2 W1 X)^T, dL/dW2 =
-    (2/n) W3^T R (W1 X)^T, dL/dW1 = (2/n) (W3 W2)^T R X^T."""
+@pytest.mark.parametrize("loss_name", ["sum_squared_error", "squared_error"])
+def test_loss_and_gradient_of_a_3_layer_dln_match_the_closed_form(loss_name):
+    """L = c ||W3 W2 W1 X - A X||_F^2 (X with samples as columns), c = 1 for the DLN's sum over
+    samples, 1/n for the mean. With R = W3 W2 W1 X - Y: dL/dW3 = 2c R (W2 W1 X)^T, dL/dW2 =
+    2c W3^T R (W1 X)^T, dL/dW1 = 2c (W3 W2)^T R X^T."""
     with jax.enable_x64(True):
         model = create_dln("dln3", param_dtype=jnp.float64)
         _, x, y = _data64(n=40)
         params, stats = _init(model, jnp.asarray(x), seed=4)
-        loss_fn = make_loss_fn(model, "squared_error")
+        loss_fn = make_loss_fn(model, loss_name)
         batch = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
         (loss, (new_stats, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, stats, batch
         )
         w1, w2, w3 = (k.T for k in _kernels(params))
         xs, ys, n = x.T, y.T, x.shape[0]
+        c = 1.0 if loss_name == "sum_squared_error" else 1.0 / n
         r = w3 @ w2 @ w1 @ xs - ys
-        assert float(loss) == pytest.approx(np.sum(r**2) / n, rel=1e-12)
+        assert float(loss) == pytest.approx(c * np.sum(r**2), rel=1e-12)
         expected = {
-            "Dense_2": 2 / n * r @ (w2 @ w1 @ xs).T,
-            "Dense_1": 2 / n * w3.T @ r @ (w1 @ xs).T,
-            "Dense_0": 2 / n * (w3 @ w2).T @ r @ xs.T,
+            "Dense_2": 2 * c * r @ (w2 @ w1 @ xs).T,
+            "Dense_1": 2 * c * w3.T @ r @ (w1 @ xs).T,
+            "Dense_0": 2 * c * (w3 @ w2).T @ r @ xs.T,
         }
         for name, g in expected.items():  # the kernel is W^T, so is its gradient
             np.testing.assert_allclose(np.asarray(grads[name]["kernel"]), g.T, rtol=1e-10)
@@ -134,25 +136,29 @@ def test_loss_and_gradient_of_a_3_layer_dln_match_the_closed_form():
 # --- the probe against closed forms ----------------------------------------------------------
 
 
-def test_probe_of_a_1_layer_dln_matches_the_quadratic_closed_form():
+@pytest.mark.parametrize(
+    ("loss_name", "lr"), [("sum_squared_error", 1e-6), ("squared_error", 1e-3)]
+)
+def test_probe_of_a_1_layer_dln_matches_the_quadratic_closed_form(loss_name, lr):
     """With one layer the loss is quadratic in W: L(W + D) = L(W) + <G, D> + tr(D S D^T) with
-    S = X^T X / n and G = 2 (W S - Y^T X / n). Hence L(W - eta G) = L - eta ||G||^2 +
-    eta^2 tr(G S G^T), ||grad L(W - eta G) - G|| = 2 eta ||G S||, beta = 2 ||G S|| / ||G||."""
+    S = c X^T X and G = 2 (W S - c Y^T X), c = 1 (sum over samples) or 1/n (mean). Hence
+    L(W - eta G) = L - eta ||G||^2 + eta^2 tr(G S G^T), ||grad L(W - eta G) - G|| =
+    2 eta ||G S||, beta = 2 ||G S|| / ||G|| (SPEC's quadratic identities, Hessian 2 S)."""
     with jax.enable_x64(True):
         ds = dln_dataset(seed=2)
         x, y = ds.train_images.astype(np.float64), ds.train_labels.astype(np.float64)
         model = create_dln("dln1", param_dtype=jnp.float64)
         params, stats = _init(model, jnp.asarray(x), seed=1)
-        loss_fn = make_loss_fn(model, "squared_error")
+        loss_fn = make_loss_fn(model, loss_name)
         batch = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
-        lr = 1e-3
         etas = np.linspace(0.01, 30, 8) * lr  # the paper's DLN grid, [1/100, 30] x lr
         result = probe(loss_fn, params, batch, jnp.asarray(etas), model_state=stats)
 
         w, n = _kernels(params)[0].T, x.shape[0]
-        s = x.T @ x / n
-        grad = 2 * (w @ s - y.T @ x / n)
-        loss0 = np.mean(np.sum((x @ w.T - y) ** 2, axis=1))
+        c = 1.0 if loss_name == "sum_squared_error" else 1.0 / n
+        s = c * x.T @ x
+        grad = 2 * (w @ s - c * y.T @ x)
+        loss0 = c * np.sum((x @ w.T - y) ** 2)
         loss = loss0 - etas * np.sum(grad**2) + etas**2 * np.trace(grad @ s @ grad.T)
         gs = np.linalg.norm(grad @ s)
         np.testing.assert_allclose(np.asarray(result.loss0), loss0, rtol=1e-12)
@@ -173,9 +179,10 @@ def test_probe_of_the_25_layer_dln_tends_to_the_hessian_curvature(norm):
         batch["label"] = jnp.asarray(ds.train_labels, jnp.float64)
         model = create_dln("dln", norm=norm, param_dtype=jnp.float64)
         params, stats = _init(model, batch["image"])
-        loss_fn = make_loss_fn(model, "squared_error")
+        loss_fn = make_loss_fn(model, loss_for_arch("dln"))
         curvature = float(gradient_curvature(loss_fn, params, batch, model_state=stats))
-        result = probe(loss_fn, params, batch, jnp.asarray([1e-9, 2e-9]), model_state=stats)
+        etas = jnp.asarray([1e-12, 2e-12])  # the summed loss is 200x the mean here
+        result = probe(loss_fn, params, batch, etas, model_state=stats)
         beta = np.asarray(result.grad_dist) / np.asarray(result.step_norm)
         # beta(eta) = ||H g|| / ||g|| + O(eta) (the third derivative along g, large for the
         # BatchNorm network); extrapolating linearly to eta = 0 removes the O(eta) term.
@@ -232,7 +239,7 @@ def tiny_dln_config():
 def test_batchnorm_dln_trains(tiny_dln_config):
     from landscape.runs import Trainer
 
-    cfg = with_(tiny_dln_config, model={"arch": "dln"}, optimizer={"learning_rate": 1e-5})
+    cfg = with_(tiny_dln_config, model={"arch": "dln"})  # the paper's lr, 1e-6
     ds = dln_dataset(seed=0)
     trainer = Trainer(cfg, "batchnorm", ds)
     state = trainer.initial_state()
@@ -242,7 +249,7 @@ def test_batchnorm_dln_trains(tiny_dln_config):
         new_state, out = trainer.train_step(state, batch)
         losses.append(float(out.loss))
         state = new_state
-    assert np.all(np.diff(losses) < 0) and losses[-1] < 0.97 * losses[0]
+    assert losses[-1] < 0.85 * losses[0]  # measured: 100,225 -> 65,864 in 10 steps
     assert np.isnan(float(out.accuracy))  # a regression has no accuracy
     assert len(state.batch_stats) == 24  # BatchNorm after each of the 24 hidden layers
     test = trainer.eval_step(
@@ -284,7 +291,7 @@ def test_short_dln_run_writes_checkpoints_records_and_figures(tiny_dln_config, t
 
     figures = run_figures(run_dir)
     assert "Deep linear network: 5 linear layers" in figures["loss_landscape"]._suptitle.get_text()
-    assert figures["loss_landscape"].axes[0].get_ylabel() == "squared error over η range"
+    assert figures["loss_landscape"].axes[0].get_ylabel() == "‖F(X) − AX‖²_F over η range"
     assert figures["loss_landscape"].axes[0].get_yscale() == "log"
     assert [ax.get_title() for ax in figures["training_curves"].axes[:2]] == [
         "(a) training loss (full batch)",
