@@ -548,6 +548,8 @@ def plot_run(
 
 # --- the deep linear network (App. A.1; the paper's Figures 10 and 13) ----------------------------
 
+DLN_LOSS_LABEL = r"$\Vert F(X) - AX\Vert_F^2$"  # the training objective over the full batch X
+
 
 def dln_title(config: dict[str, Any]) -> str | None:
     """Returns a title naming the deep linear network of a run's config, or None for others."""
@@ -593,8 +595,8 @@ def dln_training_curves_figure(
                 test["step"], _for_log(test["test_loss"]), color=color, marker="o", ms=4, lw=1.3
             )
     labels = (
-        ("(a) training loss (full batch)", "‖F(X) − AX‖²_F, summed over samples"),
-        ("(b) test loss (held-out inputs)", "‖f(x) − Ax‖², mean over samples"),
+        ("(a) training loss (full batch)", DLN_LOSS_LABEL + ", summed over samples"),
+        ("(b) test loss (held-out inputs)", r"$\Vert f(x) - Ax\Vert^2$, mean over samples"),
     )
     for ax, (title, ylabel) in zip(axes[0], labels, strict=True):
         _log_axis(ax)
@@ -635,12 +637,12 @@ def figures_for_model(
     out = dict(figures)
     if "loss_landscape" in out:
         fig = out["loss_landscape"]
-        fig.axes[0].set_ylabel("‖F(X) − AX‖²_F over η range")
+        fig.axes[0].set_ylabel(DLN_LOSS_LABEL + " over η range")
         smoothing = f"; moving average over {smooth} probed steps" if smooth > 1 else ""
         fig.suptitle(title + smoothing, fontsize=11)
     if "grad_dist_vs_eta" in out:
         out["grad_dist_vs_eta"].suptitle(
-            f"Gradient predictiveness against step size. {title}", fontsize=11
+            f"Gradient predictiveness against step size\n{title}", fontsize=11
         )
     if "training_curves" in out:
         out["training_curves"] = dln_training_curves_figure(metrics, smooth=smooth or None)

@@ -291,7 +291,9 @@ def test_short_dln_run_writes_checkpoints_records_and_figures(tiny_dln_config, t
 
     figures = run_figures(run_dir)
     assert "Deep linear network: 5 linear layers" in figures["loss_landscape"]._suptitle.get_text()
-    assert figures["loss_landscape"].axes[0].get_ylabel() == "‖F(X) − AX‖²_F over η range"
+    assert (
+        figures["loss_landscape"].axes[0].get_ylabel() == r"$\Vert F(X) - AX\Vert_F^2$ over η range"
+    )
     assert figures["loss_landscape"].axes[0].get_yscale() == "log"
     assert [ax.get_title() for ax in figures["training_curves"].axes[:2]] == [
         "(a) training loss (full batch)",
