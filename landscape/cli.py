@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from landscape.config import PRESETS, RunConfig, preset
+from landscape.config import PRESETS, RunConfig, is_dln, preset
 
 app = typer.Typer(
     help=(
@@ -168,9 +168,16 @@ def validate(config: RunConfig) -> None:
     from landscape.models import NORMALIZERS, PLACEMENTS, VGG_CONFIGS
     from landscape.probe import STRATEGIES
 
-    if config.model.arch not in VGG_CONFIGS:
+    if config.model.arch not in VGG_CONFIGS and not is_dln(config.model.arch):
         raise CliError(
-            f"unknown --arch {config.model.arch!r}; choose one of {', '.join(VGG_CONFIGS)}"
+            f"unknown --arch {config.model.arch!r}; choose one of {', '.join(VGG_CONFIGS)}, "
+            "dln or dlnN"
+        )
+    dln_data = config.data == "dln" or config.data.startswith("dln:")
+    if is_dln(config.model.arch) != dln_data:
+        raise CliError(
+            f"--arch {config.model.arch} with --data {config.data}: the deep linear network "
+            "trains on --data dln (or dln:SEED), a VGG on image data; try --preset dln-quick"
         )
     for variant in config.variants:
         norm = config.model_for(variant).norm
@@ -364,14 +371,14 @@ PresetOpt = Annotated[
     str,
     typer.Option(
         "--preset",
-        help="Starting configuration: smoke (synthetic data, tiny VGG, under a minute on CPU), quick (real CIFAR-10, VGG-11 width 1/4, 1,500 steps) or paper (the full protocol, for a GPU). Options below override it.",
+        help="Starting configuration: smoke (synthetic data, tiny VGG, under a minute on CPU), quick (real CIFAR-10, VGG-11 width 1/4, 1,500 steps), paper (the full protocol, for a GPU), dln-paper (the paper's deep linear network, App. A.1: 25 linear 10x10 layers, full-batch GD at lr 1e-6, 10,000 steps, probe grid [1/100, 30] x lr) or dln-quick (its first 1,000 steps, every 5th probed: minutes on a CPU). Options below override it.",
     ),
 ]
 DataOpt = Annotated[
     str | None,
     typer.Option(
         "--data",
-        help="Data: 'synthetic', a path to cifar-10-binary.tar.gz or its folder, or an image folder/tar with train/<class>/ and test/<class>/. Default: $LANDSCAPE_DATA, then the cache (~/.cache/landscape), then download.",
+        help="Data: 'synthetic', a path to cifar-10-binary.tar.gz or its folder, or an image folder/tar with train/<class>/ and test/<class>/; 'dln' or 'dln:SEED' is the deep linear network's regression task (y = A x, 1,000 Gaussian inputs). Default: the preset's; for real CIFAR-10 $LANDSCAPE_DATA, then the cache (~/.cache/landscape), then download.",
     ),
 ]
 OutOpt = Annotated[
@@ -382,7 +389,7 @@ StepsOpt = Annotated[
     int | None,
     typer.Option(
         "--steps",
-        help="Training steps per variant. Default: the preset's (smoke 60, quick 1500, paper 15000).",
+        help="Training steps per variant. Default: the preset's (smoke 60, quick 1500, paper 15000, dln-quick 1000, dln-paper 10000).",
     ),
 ]
 BatchOpt = Annotated[
@@ -390,7 +397,8 @@ BatchOpt = Annotated[
     typer.Option("--batch-size", help="Minibatch size. Default: the preset's (128; smoke 32)."),
 ]
 LrOpt = Annotated[
-    float | None, typer.Option("--lr", help="Learning rate. Default: 0.1, as the paper.")
+    float | None,
+    typer.Option("--lr", help="Learning rate. Default: the paper's (0.1; DLN presets 1e-6)."),
 ]
 OptimOpt = Annotated[
     str | None,
@@ -404,7 +412,11 @@ SeedOpt = Annotated[
     ),
 ]
 ArchOpt = Annotated[
-    str | None, typer.Option("--arch", help="vgg11 (default), vgg13, vgg16 or vgg19.")
+    str | None,
+    typer.Option(
+        "--arch",
+        help="Model: vgg11 (default), vgg13, vgg16, vgg19, or dln: the paper's deep linear network (25 bias-free 10x10 linear layers, squared-error loss, needs --data dln; dlnN for N layers). Default: the preset's.",
+    ),
 ]
 WidthOpt = Annotated[
     float | None,
@@ -523,7 +535,7 @@ def probe(
         str | None,
         typer.Option(
             "--etas",
-            help="Step sizes of the probe: LO:HI:N or a list. Default: 8 values spanning [1/2, 4] x lr, the paper's grid (0.05:0.4:8 at lr 0.1).",
+            help="Step sizes of the probe: LO:HI:N or a list. Default: 8 values spanning [1/2, 4] x lr, the paper's grid (0.05:0.4:8 at lr 0.1); for the DLN presets its [1/100, 30] x lr.",
         ),
     ] = None,
     probe_every: Annotated[

@@ -19,6 +19,23 @@ def norm_for_variant(variant: str) -> str:
     return VARIANT_NORMS.get(variant, variant)
 
 
+# The deep linear network of App. A.1 is named like the VGG family, by its depth: "dln" is the
+# paper's 25 layers, "dln<N>" has N. Here (not in models.py) so that code without JAX can ask.
+DLN_DEPTH = 25
+
+
+def is_dln(arch: str) -> bool:
+    """Returns True for a deep linear network's name: ``dln`` (25 layers) or ``dln<depth>``."""
+    return arch == "dln" or (arch.startswith("dln") and arch[3:].isdigit() and int(arch[3:]) > 0)
+
+
+def dln_depth(arch: str) -> int:
+    """Returns the number of linear layers of the deep linear network named ``arch``."""
+    if not is_dln(arch):
+        raise ValueError(f"{arch!r} is not a deep linear network (dln or dln<depth>)")
+    return DLN_DEPTH if arch == "dln" else int(arch[3:])
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "vgg11"
@@ -164,9 +181,34 @@ PRESETS: dict[str, RunConfig] = {
     ),
 }
 
+# The deep linear network of App. A.1: 25 bias-free 10x10 linear layers regressing y = A x on
+# 1,000 Gaussian inputs with full-batch gradient descent, probed on [1/100, 30] x lr (SPEC).
+_DLN_PROBE = ProbeConfig(eta_min_factor=0.01, eta_max_factor=30.0, num_etas=8, every=1)
+PRESETS["dln-paper"] = RunConfig(
+    preset="dln-paper",
+    data="dln",
+    steps=10_000,
+    batch_size=1_000,  # the whole training set: full-batch gradient descent
+    eval_every=500,
+    log_every=100,
+    model=ModelConfig(arch="dln"),
+    optimizer=OptimizerConfig(learning_rate=1e-6),  # the paper's; --lr 1e-7 for its second
+    checkpoint=CheckpointConfig(every=1, max_to_keep=5, keep_period=500),
+    probe=_DLN_PROBE,
+)
+# The same protocol for a few minutes on 2 CPU cores: the first 1,000 steps, every 5th
+# checkpointed and probed (a checkpoint costs ~100x a DLN training step on CPU).
+PRESETS["dln-quick"] = PRESETS["dln-paper"].replace(
+    preset="dln-quick",
+    steps=1_000,
+    eval_every=100,
+    log_every=50,
+    checkpoint=CheckpointConfig(every=5, max_to_keep=5, keep_period=100),
+)
+
 
 def preset(name: str) -> RunConfig:
-    """Returns the preset called ``name`` (smoke, quick or paper)."""
+    """Returns the preset called ``name`` (smoke, quick, paper, dln-quick or dln-paper)."""
     try:
         return PRESETS[name]
     except KeyError:

@@ -1,4 +1,5 @@
-"""Data: CIFAR-10 from the official binary archive, image folders, and a synthetic set.
+"""Data: CIFAR-10 from the official binary archive, image folders, a synthetic set, and the
+regression task of the paper's deep linear network (App. A.1).
 
 Everything arrives as uint8 NHWC arrays in a ``Dataset``; normalisation happens on the device
 inside the compiled step. The batch at step t is ``batch_indices(seed, t, ...)``: a pure function,
@@ -56,7 +57,11 @@ class DataError(Exception):
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A labelled image classification set held in memory as uint8 arrays."""
+    """A labelled image classification set held in memory as uint8 arrays.
+
+    A regression set (``task == "regression"``, the deep linear network's) holds float32 inputs
+    (N, d) in ``*_images`` and float32 targets (N, k) in ``*_labels``, with no classes.
+    """
 
     name: str  # human name; says "synthetic" for generated data
     train_images: np.ndarray  # uint8 (N, 32, 32, 3), NHWC
@@ -68,6 +73,7 @@ class Dataset:
     checksum: str  # sha256 hex of the source file (or of the arrays for folders and synthetic)
     mean: np.ndarray  # float32 (3,): per-channel mean of the train images scaled to [0, 1]
     std: np.ndarray  # float32 (3,): per-channel standard deviation, same scale
+    task: str = "classification"  # or "regression": float targets, no classes, no accuracy
 
     @property
     def is_synthetic(self) -> bool:
@@ -78,6 +84,13 @@ class Dataset:
     def num_classes(self) -> int:
         """Returns the number of classes (10 for CIFAR-10)."""
         return len(self.classes)
+
+    @property
+    def num_outputs(self) -> int:
+        """Returns the network's output size: the classes, or a regression target's length."""
+        if self.task == "regression":
+            return int(self.train_labels.shape[-1])
+        return self.num_classes
 
 
 # --- small helpers ------------------------------------------------------------------------------
@@ -110,9 +123,11 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def normalize(images, mean, std):
     """Returns uint8 NHWC images as float32 ``(x / 255 - mean) / std``, per channel.
 
+    Float inputs (a regression set's) are already on their scale: ``(x - mean) / std`` only.
     Works on numpy and JAX arrays alike (only arithmetic), so it runs inside ``jax.jit``.
     """
-    return (images.astype("float32") / 255.0 - mean) / std
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    return (images.astype("float32") / scale - mean) / std
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -167,12 +182,16 @@ def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> n
 
     A pure function of its arguments: each epoch is a fresh permutation drawn from
     ``(seed, epoch)``, cut into ``num_examples // batch_size`` batches (the remainder is
-    dropped). Any step's batch can be rebuilt without replaying the run.
+    dropped). Any step's batch can be rebuilt without replaying the run. A batch as large as the
+    set is the whole set in its stored order at every step (full-batch gradient descent, as the
+    deep linear network of App. A.1 is trained: the same matrix, summed in the same order).
     """
     if batch_size < 1 or batch_size > num_examples:
         raise ValueError(f"batch size {batch_size} must be between 1 and {num_examples}")
     if step < 0 or seed < 0:
         raise ValueError(f"seed ({seed}) and step ({step}) must be non-negative")
+    if batch_size == num_examples:
+        return np.arange(num_examples, dtype=np.int32)
     per_epoch = num_examples // batch_size
     epoch, position = divmod(int(step), per_epoch)
     perm = _epoch_permutation(int(seed), epoch, int(num_examples))
@@ -220,6 +239,43 @@ def synthetic_dataset(seed: int = 0, num_train: int = 5000, num_test: int = 1000
         test,
         [f"class_{i}" for i in range(10)],
         "synthetic",
+    )
+
+
+# --- the deep linear network's regression task (App. A.1) ------------------------------------
+
+
+def dln_dataset(
+    seed: int = 0, dim: int = 10, num_train: int = 1000, num_test: int = 1000
+) -> Dataset:
+    """Returns the deep linear network's task: targets ``A x`` for Gaussian inputs ``x``.
+
+    As in the paper's App. A.1: ``A`` is a ``dim x dim`` matrix of i.i.d. standard normal
+    entries and the inputs are i.i.d. standard normal vectors, ``num_train`` of them for
+    (full-batch) training and ``num_test`` held out for evaluation. Everything is drawn from
+    ``seed`` alone (the data has its own seed, apart from the run's initialisation seed); the
+    targets are computed in float64 and stored, with the inputs, as float32 (N, dim) arrays.
+    The checksum covers inputs and targets of both splits.
+    """
+    if min(dim, num_train, num_test) < 1:
+        raise ValueError("dim, num_train and num_test must be positive")
+    rng = np.random.default_rng([seed, dim])
+    matrix = rng.standard_normal((dim, dim))
+    train_x, test_x = rng.standard_normal((num_train, dim)), rng.standard_normal((num_test, dim))
+    train = (train_x.astype(np.float32), (train_x @ matrix.T).astype(np.float32))
+    test = (test_x.astype(np.float32), (test_x @ matrix.T).astype(np.float32))
+    return Dataset(
+        name=f"dln (seed {seed}: y = A x, A {dim}x{dim} Gaussian, synthetic)",
+        train_images=train[0],
+        train_labels=train[1],
+        test_images=test[0],
+        test_labels=test[1],
+        classes=(),
+        source="synthetic",
+        checksum=arrays_sha256(*train, *test),
+        mean=np.zeros(dim, np.float32),  # inputs are used as drawn: normalize() is the identity
+        std=np.ones(dim, np.float32),
+        task="regression",
     )
 
 
@@ -670,7 +726,8 @@ def load_dataset(
 ) -> Dataset:
     """Returns the data named by ``spec``.
 
-    ``spec`` is ``"synthetic"`` (or ``"synthetic:SEED"``), a path (binary archive or folder,
+    ``spec`` is ``"synthetic"`` (or ``"synthetic:SEED"``), ``"dln"`` (or ``"dln:SEED"``: the deep
+    linear network's regression task, ``dln_dataset``), a path (binary archive or folder,
     image folder or tar), or ``"cifar10"``/None for real CIFAR-10 found in this order:
     ``$LANDSCAPE_DATA`` (a path), the cache folder (``cifar-10-binary.tar.gz`` or
     ``cifar-10-batches-bin/``), a download (when ``download``). Never falls back to other data:
@@ -683,6 +740,12 @@ def load_dataset(
             return synthetic_dataset(int(seed) if seed else 0)
         except ValueError:
             raise DataError(f"--data {spec!r}: use 'synthetic' or 'synthetic:SEED'") from None
+    if spec is not None and (spec == "dln" or spec.startswith("dln:")):
+        seed = spec.partition(":")[2]
+        try:
+            return dln_dataset(int(seed) if seed else 0)
+        except ValueError:
+            raise DataError(f"--data {spec!r}: use 'dln' or 'dln:SEED'") from None
     if spec not in (None, "", "cifar10"):
         return load_path(spec, cache_dir=cache_dir, progress=progress)
     env = os.environ.get("LANDSCAPE_DATA", "").strip()

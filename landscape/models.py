@@ -1,4 +1,5 @@
-"""Networks: the VGG family at CIFAR size, with the normalisation layer chosen by name.
+"""Networks: the VGG family at CIFAR size and the paper's deep linear network (App. A.1), with
+the normalisation layer chosen by name.
 
 Every model here is a Flax module called as ``model.apply(variables, images, train=...)``.
 Models without normalisation still share the BatchNorm code path: their ``batch_stats``
@@ -13,6 +14,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from landscape.config import DLN_DEPTH, dln_depth, is_dln
 
 # Conv widths of the VGG family (Simonyan & Zisserman 2015, table 1); "M" is a 2x2 max-pool.
 VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
@@ -160,9 +163,17 @@ def create_model(
     num_classes: int = 10,
     conv_impl: str = "xla",
 ) -> nn.Module:
-    """Returns the Flax module named ``arch`` with the given normalisation and width."""
+    """Returns the Flax module named ``arch`` with the given normalisation and width.
+
+    ``arch`` is a VGG (``vgg11`` ...) or a deep linear network (``dln``, ``dln<depth>``), for
+    which ``num_classes`` is the output size and ``placement`` and ``conv_impl`` do not apply.
+    """
+    if is_dln(arch):
+        return create_dln(arch, width=width, norm=norm, num_outputs=num_classes)
     if arch not in VGG_CONFIGS:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(VGG_CONFIGS)}")
+        raise ValueError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(VGG_CONFIGS)}, dln or dlnN"
+        )
     make_norm(norm, True)  # validates the name early, with the list of choices
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown placement {placement!r}; choose 'before' or 'after'")
@@ -190,3 +201,83 @@ def init_variables(model: nn.Module, key: jax.Array, image_shape=(32, 32, 3)) ->
 def count_params(params) -> int:
     """Returns the number of scalar parameters in a pytree."""
     return sum(int(p.size) for p in jax.tree.leaves(params))
+
+
+# --- the deep linear network (App. A.1) ----------------------------------------------------------
+
+
+def loss_for_arch(arch: str) -> str:
+    """Returns the name of the loss a model is trained with (``landscape.train.LOSSES``).
+
+    The VGG family classifies with mean cross-entropy. The deep linear network regresses
+    ``A x`` with ``||W_25 ... W_1 X - A X||_F^2`` summed over outputs *and* the samples of the
+    full batch (App. A.1). The paper gives no reduction; the sum is the one its learning rate
+    1e-6 is on the scale of (PyTorch's tutorial idiom ``(y_pred - y).pow(2).sum()`` at lr 1e-6).
+    With the mean over the 1,000 samples, lr 1e-6 barely moves the standard network (loss 90.4
+    -> 88.8 in 1,000 steps, measured); the sum at lr 1e-6 is exactly the mean at lr 1e-3: the same
+    trajectory, the probe's loss, gradient distance and beta 1,000 times larger.
+    """
+    return "sum_squared_error" if is_dln(arch) else "cross_entropy"
+
+
+class DeepLinearNetwork(nn.Module):
+    """``depth`` bias-free linear layers: the network computes ``W_depth ... W_1 x`` (App. A.1).
+
+    The paper's loss ``||W_25 ... W_1 x - A x||^2`` has no biases, so the layers have none. With a
+    normalisation (``norm``), it follows every layer but the last, which stays the plain linear
+    read-out (as VGG's classifier). BatchNorm then normalises each hidden unit over the batch (the
+    full batch of 1,000 in the paper's protocol) and brings its own scale and shift. There is no
+    activation, so "before/after the activation" placement does not arise. Hidden layers have
+    ``features`` units; the last has ``num_outputs``. Weights are Glorot uniform, the paper's VGG
+    initialisation; for a square 10x10 layer its variance is 2/(10+10) = 1/fan_in, so
+    E||W x||^2 = ||x||^2 and the product of 25 layers neither explodes nor vanishes on average.
+    Returns the outputs, shape (batch, num_outputs), in ``param_dtype``.
+    """
+
+    depth: int = DLN_DEPTH
+    features: int = 10
+    num_outputs: int = 10
+    norm: str = "none"
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        x = x.astype(self.param_dtype)
+        for i in range(self.depth):
+            last = i == self.depth - 1
+            x = nn.Dense(
+                self.num_outputs if last else self.features,
+                use_bias=False,
+                kernel_init=glorot,
+                param_dtype=self.param_dtype,
+                dtype=self.param_dtype,
+            )(x)
+            norm = None if last else make_norm(self.norm, train)
+            if norm is not None:
+                x = norm(x)
+        return x
+
+
+def create_dln(
+    arch: str = "dln",
+    *,
+    width: float = 1.0,
+    norm: str = "none",
+    num_outputs: int = 10,
+    input_dim: int = 10,
+    param_dtype: Any = jnp.float32,
+) -> DeepLinearNetwork:
+    """Returns the deep linear network ``arch`` (``dln``: 25 layers) with its normalisation.
+
+    Hidden layers have ``width x input_dim`` units (the paper's 10 at width 1).
+    """
+    make_norm(norm, True)  # validates the name early, with the list of choices
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    return DeepLinearNetwork(
+        depth=dln_depth(arch),
+        features=scaled_width(input_dim, width),
+        num_outputs=num_outputs,
+        norm=norm,
+        param_dtype=param_dtype,
+    )

@@ -532,7 +532,7 @@ def run_figures(run_dir: str | os.PathLike, *, smooth: int = 0) -> dict[str, Fig
     if hessian:
         figures["sharpness"] = sharpness_figure(hessian)
         figures["curvature_link"] = curvature_link_figure(hessian)
-    return figures
+    return figures_for_model(figures, read_config(run_dir), metrics, smooth=smooth)
 
 
 def plot_run(
@@ -1013,3 +1013,107 @@ def curvature_link_figure(hessian: Records) -> Figure:
     # Three columns: variants and line styles would overflow the single panel's width at four.
     fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False, fontsize=9)
     return fig
+
+
+# --- the deep linear network (App. A.1; the paper's Figures 10 and 13) ----------------------------
+
+DLN_LOSS_LABEL = r"$\Vert F(X) - AX\Vert_F^2$"  # the training objective over the full batch X
+
+
+def dln_title(config: dict[str, Any]) -> str | None:
+    """Returns a title naming the deep linear network of a run's config, or None for others."""
+    from landscape.config import dln_depth, is_dln
+
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    arch = str(model.get("arch", ""))
+    if not is_dln(arch):
+        return None
+    lr = (config.get("optimizer") or {}).get("learning_rate")
+    lr_text = f", full-batch GD at lr {lr:g}" if isinstance(lr, int | float) else ""
+    return f"Deep linear network: {dln_depth(arch)} linear layers, y = A x (App. A.1){lr_text}"
+
+
+def dln_training_curves_figure(
+    metrics: dict[str, dict[str, dict[str, np.ndarray]]], *, smooth: int | None = None
+) -> Figure:
+    """A regression run's curves: (a) training loss per step, (b) test loss at each evaluation.
+
+    ``metrics`` is ``landscape.results.load_metrics(run_dir)`` of a deep linear network run,
+    on log axes: (a) the training objective ``||F(X) - A X||_F^2`` summed over the full batch,
+    (b) the test squared error per held-out sample ``||f(x) - A x||^2`` (mean over samples).
+    There is no accuracy to draw. ``smooth`` as in ``training_curves_figure``.
+    """
+    fig, axes = _new_figure(2)
+    ax_train, ax_test = axes[0]
+    any_test = False
+    for variant, m in metrics.items():
+        color = variant_color(variant)
+        train = m.get("train") or {}
+        if train and len(train.get("step", ())) and "loss" in train:
+            steps = np.asarray(train["step"])
+            values = _for_log(train["loss"])
+            window = max(1, len(steps) // 50) if smooth is None else smooth
+            if window > 1:
+                ax_train.plot(steps, values, color=color, lw=0.5, alpha=0.25)
+                values = moving_average(values, window)
+            ax_train.plot(steps, values, color=color, lw=1.5)
+        test = m.get("test") or {}
+        if test and len(test.get("step", ())) and "test_loss" in test:
+            any_test = True
+            ax_test.plot(
+                test["step"], _for_log(test["test_loss"]), color=color, marker="o", ms=4, lw=1.3
+            )
+    labels = (
+        ("(a) training loss (full batch)", DLN_LOSS_LABEL + ", summed over samples"),
+        ("(b) test loss (held-out inputs)", r"$\Vert f(x) - Ax\Vert^2$, mean over samples"),
+    )
+    for ax, (title, ylabel) in zip(axes[0], labels, strict=True):
+        _log_axis(ax)
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("training step")
+        ax.grid(True, which="major", alpha=0.3)
+    if not any_test:
+        ax_test.text(
+            0.5,
+            0.5,
+            "no evaluation recorded",
+            transform=ax_test.transAxes,
+            ha="center",
+            va="center",
+            color="0.4",
+        )
+    _figure_legend(fig, _legend_handles(metrics))
+    return fig
+
+
+def figures_for_model(
+    figures: dict[str, Figure],
+    config: dict[str, Any],
+    metrics: dict[str, dict[str, dict[str, np.ndarray]]],
+    *,
+    smooth: int = 0,
+) -> dict[str, Figure]:
+    """Returns ``figures`` labelled for the run's model: unchanged for VGG.
+
+    For a deep linear network the landscape figure (the paper's Figure 10, or 13 with the l_p
+    variants) gets the network in its title and the squared error as its loss unit, and the
+    training curves are the regression's (training and test loss; no accuracy).
+    """
+    title = dln_title(config)
+    if title is None:
+        return figures
+    out = dict(figures)
+    if "loss_landscape" in out:
+        fig = out["loss_landscape"]
+        fig.axes[0].set_ylabel(DLN_LOSS_LABEL + " over η range")
+        smoothing = f"; moving average over {smooth} probed steps" if smooth > 1 else ""
+        fig.suptitle(title + smoothing, fontsize=11)
+    if "grad_dist_vs_eta" in out:
+        out["grad_dist_vs_eta"].suptitle(
+            f"Gradient predictiveness against step size\n{title}", fontsize=11
+        )
+    if "training_curves" in out:
+        out["training_curves"] = dln_training_curves_figure(metrics, smooth=smooth or None)
+        out["training_curves"].suptitle(title, fontsize=11)
+    return out

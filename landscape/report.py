@@ -191,7 +191,7 @@ def _metrics_table(metrics: dict) -> str:
             cells += [
                 str(int(train["step"][-1]) + 1),
                 format_value(np.nanmean(loss)),
-                _percent(np.nanmean(acc)),
+                _percent(np.nanmean(acc)) if np.isfinite(acc).any() else "n/a",  # DLN: none
             ]
         else:
             cells += ["", "", ""]

@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from landscape.checkpoints import Checkpointer
-from landscape.config import ModelConfig, OptimizerConfig, RunConfig
+from landscape.config import ModelConfig, OptimizerConfig, RunConfig, is_dln
 from landscape.data import Dataset, load_dataset
+from landscape.models import loss_for_arch
 from landscape.probe import default_strategy, probe, summarize
 from landscape.results import METRICS_FILE, PROBE_FILE, RecordWriter, truncate_rows
 from landscape.train import (
@@ -211,13 +212,14 @@ def compiled_functions(
     """
     model = build_model(model_config, num_classes)
     optimizer = make_optimizer(optimizer_config)
-    loss_fn = make_loss_fn(model)
+    loss = loss_for_arch(model_config.arch)  # the model decides: cross-entropy or squared error
+    loss_fn = make_loss_fn(model, loss)
     return (
         model,
         optimizer,
         loss_fn,
-        make_train_step(loss_fn, optimizer),
-        make_eval_step(model),
+        make_train_step(loss_fn, optimizer, loss),
+        make_eval_step(model, loss),
         make_probe_step(loss_fn, strategy, map_batch_size),
     )
 
@@ -241,7 +243,7 @@ class Trainer:
             cfg.optimizer,
             strategy,
             cfg.probe.map_batch_size,
-            self.dataset.num_classes,
+            self.dataset.num_outputs,
         )
         self.model, self.optimizer, self.loss_fn, self.train_step, self.eval_step = fns[:5]
         self.probe_step = fns[5]
@@ -255,7 +257,8 @@ class Trainer:
         )
 
     def initial_state(self) -> TrainState:
-        return create_train_state(self.model, self.optimizer, self.config.seed)
+        input_shape = tuple(self.dataset.train_images.shape[1:])
+        return create_train_state(self.model, self.optimizer, self.config.seed, input_shape)
 
     def probe_at(self, state: TrainState, step: int, etas: jax.Array | None = None):
         """Returns ``(StepOutput, ProbeResult)`` for the state of ``step`` on its own batch."""
@@ -402,12 +405,13 @@ def _progress(enabled: bool, total: int, variants: list[str]) -> Iterator[Callab
 
             def on_step(step: int, last: dict[str, float]) -> None:
                 speed = bar.tasks[task].speed
+                accuracy = last.get("accuracy", float("nan"))  # NaN: a regression (DLN) run
                 bar.update(
                     task,
                     completed=step,
                     rate=f"{speed:.2f} steps/s" if speed else "",
                     loss=f"{last['loss']:.3f}" if "loss" in last else "-",
-                    acc=f"{last['accuracy']:.2f}" if "accuracy" in last else "-",
+                    acc=f"{accuracy:.2f}" if accuracy == accuracy else "-",
                 )
 
             return on_step
@@ -437,6 +441,7 @@ def run(
     # The data is loaded before the run directory is touched: a bad --data never costs a run.
     if dataset is None:
         dataset = load_dataset(config.data, progress=progress)
+    check_model_fits_data(config, dataset)
     if resume:
         check_same_data(run_dir, dataset)
     config = prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
@@ -461,6 +466,16 @@ def run(
                 )
             )
     return reports
+
+
+def check_model_fits_data(config: RunConfig, dataset: Dataset) -> None:
+    """Raises RunError unless the model's task is the data's (DLN: regression; VGG: classes)."""
+    wants_regression = is_dln(config.model.arch)
+    if wants_regression != (dataset.task == "regression"):
+        raise RunError(
+            f"--arch {config.model.arch} does not fit the data {dataset.name!r}: the deep linear "
+            "network trains on --data dln (or dln:SEED), a VGG on image data"
+        )
 
 
 def load_config(run_dir: str | os.PathLike) -> RunConfig:

@@ -35,9 +35,69 @@ class TrainState(struct.PyTreeNode):
 class StepOutput(NamedTuple):
     """What one training step returns besides the new state (all on device)."""
 
-    loss: jax.Array  # training loss on the step's batch before the update, nats
-    accuracy: jax.Array  # fraction of the batch classified correctly before the update
+    loss: jax.Array  # training loss on the step's batch before the update (nats for cross-entropy)
+    accuracy: jax.Array  # fraction of the batch classified correctly before the update (NaN: none)
     grads: Any  # the training gradient g_t; the inline probe reuses it
+
+
+# --- losses, chosen by name ---------------------------------------------------------------------
+#
+# A loss is a per-example function ``(outputs, targets) -> (batch,)``, how it is reduced over the
+# batch (mean or sum) and an optional per-example "correct" indicator for accuracy. The model
+# decides which one it is trained with (``landscape.models.loss_for_arch``); the trainer, the
+# probe and the evaluation share it.
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Returns the per-example softmax cross-entropy in nats, shape (batch,)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Returns the per-example squared error ``||f(x) - y||^2``, summed over outputs, (batch,).
+
+    Summed over the batch it is the deep linear network's loss of App. A.1,
+    ``||W_25 ... W_1 X - A X||_F^2`` (``sum_squared_error``); averaged, ``squared_error``.
+    """
+    return jnp.sum(jnp.square(outputs - targets), axis=-1)
+
+
+def argmax_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Returns 1.0 where the largest logit is the label's, else 0.0, shape (batch,)."""
+    return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+
+
+class Loss(NamedTuple):
+    """A training loss by parts: the per-example value, its reduction over the batch and, for
+    classification, correctness."""
+
+    per_example: Callable[[jax.Array, jax.Array], jax.Array]
+    correct: Callable[[jax.Array, jax.Array], jax.Array] | None  # None: no accuracy (NaN)
+    reduction: str = "mean"  # "mean" or "sum" over the examples of the batch
+
+
+LOSSES: dict[str, Loss] = {
+    "cross_entropy": Loss(cross_entropy, argmax_correct),
+    # Sum over outputs, mean over samples.
+    "squared_error": Loss(squared_error, None),
+    # Sum over outputs and samples: ||F(X) - Y||_F^2 over the batch, the DLN's (App. A.1).
+    "sum_squared_error": Loss(squared_error, None, "sum"),
+}
+
+
+def get_loss(name: str) -> Loss:
+    """Returns the loss called ``name`` (cross_entropy, squared_error, sum_squared_error)."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}") from None
+
+
+def _accuracy(loss: Loss, outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Returns the fraction of correct examples, or NaN for a loss without accuracy."""
+    if loss.correct is None:
+        return jnp.full((), jnp.nan, jnp.float32)
+    return jnp.mean(loss.correct(outputs, targets))
 
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
@@ -86,14 +146,18 @@ def create_train_state(
     )
 
 
-def make_loss_fn(model: nn.Module) -> Callable:
+def make_loss_fn(model: nn.Module, loss: str = "cross_entropy") -> Callable:
     """Returns the training loss ``loss_fn(params, batch_stats, batch)``.
 
     It evaluates the network in training mode (BatchNorm uses the batch's statistics, as the
-    optimiser sees the loss) and returns ``(mean cross-entropy in nats, (new_batch_stats,
-    logits))``. The trainer and the probe both use it. ``batch`` is a dict with ``image``
-    (normalised float32 NHWC), ``label`` (int32) and optionally ``rng`` (key data for noise).
+    optimiser sees the loss) and returns ``(the per-example loss reduced over the batch,
+    (new_batch_stats, logits))``: mean cross-entropy in nats, or the squared error summed over
+    outputs, averaged (``"squared_error"``) or summed (``"sum_squared_error"``, the deep linear
+    network's) over the batch. The trainer and the probe both use it. ``batch`` is a dict with
+    ``image`` (normalised float32 inputs), ``label`` (int32 classes, or float targets) and
+    optionally ``rng`` (key data for noise).
     """
+    spec = get_loss(loss)
 
     def loss_fn(params, batch_stats, batch):
         rngs = {"noise": jax.random.wrap_key_data(batch["rng"])} if "rng" in batch else None
@@ -104,8 +168,9 @@ def make_loss_fn(model: nn.Module) -> Callable:
             mutable=["batch_stats"],
             rngs=rngs,
         )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, (updates.get("batch_stats", {}), logits)
+        losses = spec.per_example(logits, batch["label"])
+        value = losses.sum() if spec.reduction == "sum" else losses.mean()
+        return value, (updates.get("batch_stats", {}), logits)
 
     return loss_fn
 
@@ -116,12 +181,16 @@ def step_batch(state: TrainState, batch: dict) -> dict:
     return {**batch, "rng": jax.random.key_data(key)}
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
+def make_train_step(
+    loss_fn: Callable, optimizer: optax.GradientTransformation, loss: str = "cross_entropy"
+) -> Callable:
     """Returns the jitted ``train_step(state, batch) -> (new_state, StepOutput)``.
 
     The step's gradient is returned as well, so an inline probe reuses it instead of computing
-    it again; the update itself never depends on whether anybody probes.
+    it again; the update itself never depends on whether anybody probes. ``loss`` names the
+    loss of ``loss_fn``, for the accuracy (NaN for a loss without one).
     """
+    spec = get_loss(loss)
 
     @jax.jit
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, StepOutput]:
@@ -136,25 +205,30 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) 
             batch_stats=new_stats,
             opt_state=opt_state,
         )
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-        return new_state, StepOutput(loss, accuracy, grads)
+        return new_state, StepOutput(loss, _accuracy(spec, logits, batch["label"]), grads)
 
     return train_step
 
 
-def make_eval_step(model: nn.Module) -> Callable:
+def make_eval_step(model: nn.Module, loss: str = "cross_entropy") -> Callable:
     """Returns jitted ``eval_step(params, batch_stats, batch) -> (summed loss, correct count)``.
 
-    Evaluation of test accuracy uses inference mode (BatchNorm's running averages).
+    Evaluation of test accuracy uses inference mode (BatchNorm's running averages). The loss is
+    the per-example training loss ``loss`` summed over the examples (``evaluate`` divides by
+    their number: the test loss is per example whatever the training reduction); the count is
+    NaN without an accuracy.
     """
+    spec = get_loss(loss)
 
     @jax.jit
     def eval_step(params, batch_stats, batch):
         logits = model.apply(
             {"params": params, "batch_stats": batch_stats}, batch["image"], train=False
         )
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-        return losses.sum(), jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+        losses = spec.per_example(logits, batch["label"])
+        if spec.correct is None:
+            return losses.sum(), jnp.full((), jnp.nan, jnp.float32)
+        return losses.sum(), jnp.sum(spec.correct(logits, batch["label"]))
 
     return eval_step
 
@@ -166,7 +240,9 @@ class BatchSource:
         self, images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int, seed: int
     ):
         self.images = jax.device_put(images)
-        self.labels = jax.device_put(labels.astype(np.int32))
+        # Class labels as int32; a regression set's float targets as they are.
+        is_class = np.issubdtype(labels.dtype, np.integer)
+        self.labels = jax.device_put(labels.astype(np.int32) if is_class else labels)
         self.mean = jnp.asarray(mean, jnp.float32)
         self.std = jnp.asarray(std, jnp.float32)
         self.batch_size = batch_size
@@ -210,7 +286,7 @@ def evaluate(
     limit: int | None = None,
     chunk_size: int = 1000,
 ) -> dict[str, jax.Array]:
-    """Returns test ``loss`` (mean cross-entropy, nats) and ``accuracy`` (fraction), on device."""
+    """Returns test ``loss`` (mean per-example loss) and ``accuracy`` (fraction or NaN), on device."""
     total_loss, correct, count = 0.0, 0, 0
     for batch in source.chunks(chunk_size, limit):
         loss, hits = eval_step(state.params, state.batch_stats, batch)
