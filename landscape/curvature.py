@@ -61,21 +61,26 @@ ALL_PARAMETERS = "all"
 # --- the loss ---------------------------------------------------------------------------------
 
 
-def make_eval_loss_fn(model: nn.Module) -> Callable:
+def make_eval_loss_fn(model: nn.Module, loss: str = "cross_entropy") -> Callable:
     """Returns the inference-mode loss ``loss_fn(params, batch_stats, batch)``.
 
     Same signature and return value as ``landscape.train.make_loss_fn`` (``(mean cross-entropy
     in nats, (batch_stats, logits))``), but the network runs with ``train=False``: BatchNorm
     normalises with its running averages, which are returned unchanged. Use it only when the
-    inference-mode landscape is wanted; the optimiser sees the training-mode loss.
+    inference-mode landscape is wanted; the optimiser sees the training-mode loss. ``loss``
+    names the model's training loss (``landscape.train.LOSSES``).
     """
+    from landscape.train import get_loss
+
+    spec = get_loss(loss)
 
     def loss_fn(params, batch_stats, batch):
         logits = model.apply(
             {"params": params, "batch_stats": batch_stats}, batch["image"], train=False
         )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, (batch_stats, logits)
+        losses = spec.per_example(logits, batch["label"])
+        value = losses.sum() if spec.reduction == "sum" else losses.mean()
+        return value, (batch_stats, logits)
 
     return loss_fn
 
@@ -614,7 +619,9 @@ def sharpness_over_training(
         if not plans[variant]:
             continue
         trainer = Trainer(config, variant, dataset)
-        loss_fn = trainer.loss_fn if mode == "train" else make_eval_loss_fn(trainer.model)
+        loss_fn = (
+            trainer.loss_fn if mode == "train" else make_eval_loss_fn(trainer.model, trainer.loss)
+        )
         template = trainer.initial_state()
         for b in block_names:
             try:

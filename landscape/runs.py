@@ -247,6 +247,7 @@ class Trainer:
         )
         self.model, self.optimizer, self.loss_fn, self.train_step, self.eval_step = fns[:5]
         self.probe_step = fns[5]
+        self.loss = loss_for_arch(cfg.model.arch)  # the name of loss_fn's loss (train.LOSSES)
         self.etas = jnp.asarray(cfg.probe.grid(cfg.optimizer.learning_rate), jnp.float32)
         ds = self.dataset
         self.train_source = BatchSource(

@@ -164,34 +164,39 @@ def gradient_direction(grad: Any, params: Any, *, ignore: str = "biases-and-bn")
 # --- the evaluation ----------------------------------------------------------------------------
 
 
-def make_metric_fn(model: nn.Module, mode: str = "train", *, accuracy: bool = True) -> Callable:
-    """Returns ``metric_fn(point, batch) -> array [loss(, accuracy)]`` for a Flax classifier.
+def make_metric_fn(
+    model: nn.Module, mode: str = "train", *, accuracy: bool = True, loss: str = "cross_entropy"
+) -> Callable:
+    """Returns ``metric_fn(point, batch) -> array [loss(, accuracy)]`` for a Flax model.
 
     ``point`` is ``{"params", "batch_stats"}``. ``mode="train"`` is exactly the probe's loss
     (``make_loss_fn``: BatchNorm with the batch's statistics; the new statistics are dropped);
-    ``mode="eval"`` uses the running averages in ``batch_stats``. Loss: mean cross-entropy in
-    nats; accuracy: fraction of the batch classified correctly.
+    ``mode="eval"`` uses the running averages in ``batch_stats``. ``loss`` names the model's
+    training loss (``landscape.train.LOSSES``: mean cross-entropy in nats for VGG, the summed
+    squared error for the deep linear network); accuracy is the fraction of the batch classified
+    correctly, NaN for a loss without one.
     """
-    from landscape.train import make_loss_fn
+    from landscape.train import _accuracy, get_loss, make_loss_fn
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose train or eval")
-    loss_fn = make_loss_fn(model)
+    spec = get_loss(loss)
+    loss_fn = make_loss_fn(model, loss)
 
     def metric_fn(point: dict, batch: dict) -> jax.Array:
         if mode == "train":
-            loss, (_, logits) = loss_fn(point["params"], point["batch_stats"], batch)
+            value, (_, logits) = loss_fn(point["params"], point["batch_stats"], batch)
         else:
             logits = model.apply(
                 {"params": point["params"], "batch_stats": point["batch_stats"]},
                 batch["image"],
                 train=False,
             )
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+            losses = spec.per_example(logits, batch["label"])
+            value = losses.sum() if spec.reduction == "sum" else losses.mean()
         if not accuracy:
-            return loss[None]
-        hits = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-        return jnp.stack([loss, hits.astype(loss.dtype)])
+            return value[None]
+        return jnp.stack([value, _accuracy(spec, logits, batch["label"]).astype(value.dtype)])
 
     return metric_fn
 
@@ -440,9 +445,15 @@ def compiled_picture_functions(
 ) -> tuple[Callable, Callable]:
     """Returns ``(grid_fn, gradient_fn)`` for a model, cached: the variants' pictures and a
     surface and an interpolation with the same shapes reuse one compilation in a process."""
+    from landscape.models import loss_for_arch
     from landscape.train import build_model
 
-    metric_fn = make_metric_fn(build_model(model_config, num_classes), mode, accuracy=accuracy)
+    metric_fn = make_metric_fn(
+        build_model(model_config, num_classes),
+        mode,
+        accuracy=accuracy,
+        loss=loss_for_arch(model_config.arch),
+    )
     grid_fn = make_grid_fn(
         metric_fn, strategy=strategy, map_batch_size=map_batch_size, mesh=point_mesh()
     )
@@ -819,7 +830,7 @@ def time_grid(
     state = trainer.initial_state()
     origin = _variables(state)
     batches, _ = _batches(trainer, state, 0, 1)
-    metric_fn = make_metric_fn(trainer.model, "train", accuracy=True)
+    metric_fn = make_metric_fn(trainer.model, "train", accuracy=True, loss=trainer.loss)
     directions = tuple(
         {"params": d, "batch_stats": jax.tree.map(jnp.zeros_like, origin["batch_stats"])}
         for d in random_directions(jax.random.key(0), origin["params"], 2)
