@@ -275,9 +275,11 @@ def _run_command(
     probe_enabled: bool,
     progress: bool,
     figures: bool,
+    devices: int | str = "all",
 ) -> None:
     from landscape.data import DataError
     from landscape.runs import RunError, run
+    from landscape.sharding import is_primary
 
     if resume is not None and out is not None and resume != out:
         raise CliError("give either --resume RUN_DIR or --out RUN_DIR, not both")
@@ -293,6 +295,7 @@ def _run_command(
             overwrite=overwrite,
             probe_enabled=probe_enabled,
             progress=progress,
+            devices=devices,
         )
     except (DataError, RunError) as err:
         fail(str(err))
@@ -302,6 +305,8 @@ def _run_command(
             f"Continue with: --resume {run_dir}",
             code=130,
         )
+    if not is_primary():
+        return  # the other processes of a multi-host run compute; process 0 reports
     for r in reports:
         if r.steps_run:
             rate = r.steps_run / r.wall_s if r.wall_s else float("nan")
@@ -462,6 +467,20 @@ OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing run directory.")
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+DevicesOpt = Annotated[
+    str,
+    typer.Option(
+        "--devices",
+        help="Devices each step is spread over: all (default: every visible device, or the most that divide the batch size) or a number. The batch is split across them (data parallel, BatchNorm statistics over the whole batch) and the probe's step sizes too; the numbers do not depend on the count. 1 = the single-device code.",
+    ),
+]
+DistributedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--distributed",
+        help="Join a multi-host run (jax.distributed.initialize) using $JAX_COORDINATOR_ADDRESS (host:port of process 0), $JAX_NUM_PROCESSES and $JAX_PROCESS_ID, or SLURM/Open MPI/TPU auto-detection. Run the same command on every host; only process 0 writes.",
+    ),
+]
 
 
 @app.command()
@@ -485,6 +504,8 @@ def train(
     eval_every: EvalOpt = None,
     resume: ResumeOpt = None,
     overwrite: OverwriteOpt = False,
+    devices: DevicesOpt = "all",
+    distributed: DistributedOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Train the variants (default: standard and BatchNorm VGG) and checkpoint every step, without probing."""
@@ -546,6 +567,8 @@ def probe(
             "--figures/--no-figures", help="Draw the figures and the HTML report at the end."
         ),
     ] = True,
+    devices: DevicesOpt = "all",
+    distributed: DistributedOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Train standard and BatchNorm VGG side by side and probe the loss landscape at every checkpoint (the paper's Figure 4)."""
@@ -558,7 +581,11 @@ def _start(options: dict, *, probe_enabled: bool) -> None:
     out, resume, overwrite = options.pop("out"), options.pop("resume"), options.pop("overwrite")
     progress, figures = options.pop("progress"), options.pop("figures", False)
     from_run = options.pop("from_run", None)
+    devices, distributed = options.pop("devices"), options.pop("distributed")
     try:
+        devices = parse_devices(devices)
+        if distributed:
+            start_distributed()
         if from_run is not None:
             _reprobe(from_run, options.get("etas"), options["data"], progress)
             return
@@ -574,9 +601,35 @@ def _start(options: dict, *, probe_enabled: bool) -> None:
             probe_enabled=probe_enabled,
             progress=progress,
             figures=figures,
+            devices=devices,
         )
     except CliError as err:
         fail(str(err))
+
+
+def parse_devices(text: str) -> int | str:
+    """Parses ``--devices``: ``all`` or a positive number of devices."""
+    if text == "all":
+        return text
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise CliError(f"--devices {text!r}: use all or a positive number of devices")
+    return count
+
+
+def start_distributed() -> None:
+    """Joins a multi-host run; a missing coordinator becomes a one-line error."""
+    from landscape.sharding import initialize_distributed
+
+    try:
+        process, count = initialize_distributed()
+    except (ValueError, RuntimeError) as err:
+        raise CliError(f"--distributed: {err}") from None
+    if process == 0:
+        console.print(f"distributed: {count} processes", highlight=False)
 
 
 def _reprobe(run_dir: Path, etas: str | None, data: str | None, progress: bool) -> None:
