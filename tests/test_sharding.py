@@ -195,3 +195,116 @@ def test_run_records_match_one_device(eight):
         np.testing.assert_allclose(sharded[key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)
     assert len(one["probe_loss"]) == 3 and len(one["probe_loss"][0]) == 5
     assert eight["provenance_devices"] == 8
+
+
+MULTI_HOST = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from landscape import sharding
+
+    process, count = sharding.initialize_distributed()  # before any other JAX call
+    import jax
+    from landscape.config import CheckpointConfig, ModelConfig, ProbeConfig, RunConfig
+    from landscape.data import synthetic_dataset
+    from landscape.runs import run
+
+    config = RunConfig.from_dict(json.loads(sys.argv[2]))
+    dataset = synthetic_dataset(seed=0, num_train=256, num_test=200)
+    run(config, Path(sys.argv[1]), progress=False, dataset=dataset)
+    print("RESULT " + json.dumps([process, count, jax.device_count(), jax.local_device_count()]))
+    """
+)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_device(tmp_path, tiny_config):
+    """Two processes with 2 host devices each (jax.distributed over gloo) = 4 devices, one run."""
+    from landscape.data import synthetic_dataset
+    from landscape.results import load, load_metrics
+    from landscape.runs import run
+
+    config = tiny_config.replace(steps=3, variants=("batchnorm",), eval_every=0)
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                MULTI_HOST,
+                str(tmp_path / "multi"),
+                json.dumps(config.to_dict()),
+            ],
+            env={
+                **os.environ,
+                "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                "JAX_PLATFORMS": "cpu",
+                "PYTHONPATH": str(REPO),
+                "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(i),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        for i in range(2)
+    ]
+    answers = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, answers, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    results = [json.loads(out.split("RESULT ")[1]) for out, _ in answers]
+    assert results == [[0, 2, 4, 2], [1, 2, 4, 2]]
+
+    dataset = synthetic_dataset(seed=0, num_train=256, num_test=200)
+    run(config, tmp_path / "single", progress=False, dataset=dataset, devices=1)
+    multi, single = load(tmp_path / "multi")["batchnorm"], load(tmp_path / "single")["batchnorm"]
+    for key in ("loss", "grad_dist", "beta"):
+        np.testing.assert_allclose(multi[key], single[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    train = [load_metrics(tmp_path / d)["batchnorm"]["train"]["loss"] for d in ("multi", "single")]
+    np.testing.assert_allclose(*train, rtol=1e-4)
+    # Process 0 wrote each record once; process 1 wrote none.
+    assert len(multi["step"]) == 3
+    assert json.loads((tmp_path / "multi" / "provenance.json").read_text())["devices_used"] == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--devices", "abc"], "--devices 'abc'"),
+        (["--devices", "0"], "positive number"),
+        (["--devices", "2"], "choose 1 to 1"),  # this process sees one CPU device
+    ],
+)
+def test_bad_devices_is_one_line_and_exit_2(args, message, tmp_path):
+    from typer.testing import CliRunner
+
+    from landscape.cli import app
+
+    result = CliRunner().invoke(
+        app, ["train", "--preset", "smoke", "--out", str(tmp_path / "r"), *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_distributed_without_coordinator_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM", "OMPI"))}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), "train", "--distributed", "--preset", "smoke",
+         "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, env={**env, "PYTHONPATH": str(REPO)}, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "--distributed" in proc.stderr and "coordinator" in proc.stderr
+    assert "Traceback" not in proc.stderr
