@@ -830,6 +830,174 @@ def bench(
     console.print(f"results appended to {path}", highlight=False)
 
 
+@app.command()
+def sweep(
+    sweep_dir: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Only summarise this sweep directory: print the table and write SWEEP_DIR/summary.csv (no training)."
+        ),
+    ] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid",
+            help="KEY=V1,V2,... one axis of the grid; repeat for more axes (every combination runs). Keys: seed, lr, batch_size, width, variant, optimizer, arch, weight_decay, steps.",
+        ),
+    ] = None,
+    preset_name: PresetOpt = "smoke",
+    data: DataOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Sweep directory: sweep.json, one run directory per configuration, summary.csv. Default: runs/sweep-<preset>-<date>-<time>. Running the same sweep into it again skips finished runs.",
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the sweep in this directory as saved in its sweep.json: finished runs are skipped, an interrupted one resumes from its newest checkpoint.",
+        ),
+    ] = None,
+    steps: StepsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    optimizer: OptimOpt = None,
+    seed: SeedOpt = None,
+    arch: ArchOpt = None,
+    width: WidthOpt = None,
+    variants: VariantsOpt = None,
+    etas: Annotated[
+        str | None,
+        typer.Option(
+            "--etas", help="Probe step sizes, LO:HI:N or a list. Default: [1/2, 4] x lr, 8 values."
+        ),
+    ] = None,
+    probe_every: Annotated[
+        int | None,
+        typer.Option("--probe-every", help="Probe every k-th checkpoint. Default: the preset's."),
+    ] = None,
+    eval_every: EvalOpt = None,
+    checkpoint_every: CkptOpt = None,
+    probe_enabled: Annotated[
+        bool,
+        typer.Option("--probe/--no-probe", help="Probe the landscape (default) or only train."),
+    ] = True,
+    devices: DevicesOpt = "all",
+    progress: ProgressOpt = True,
+) -> None:
+    """Run a grid of independent runs (seeds, variants, learning rates, ...) one after another, resumable, with one summary table.
+
+    Each configuration is an ordinary run directory (summary, plot, report work on it) spread over --devices; configurations run one after another, not side by side.
+    """
+    from landscape.sweep import SweepError, parse_grid, summarize_sweep
+
+    try:
+        if sweep_dir is not None:
+            if grid or resume or out:
+                raise CliError("SWEEP_DIR only summarises; give --grid/--out or --resume to run")
+            if not (sweep_dir / "sweep.json").exists():
+                raise CliError(f"{sweep_dir} is not a landscape sweep (no sweep.json)")
+            _print_sweep(summarize_sweep(sweep_dir), sweep_dir)
+            return
+        devices_value = parse_devices(devices)
+        if resume is not None:
+            if grid or out:
+                raise CliError("--resume continues the saved grid; do not give --grid or --out")
+            base = axes = None
+            where = resume
+        else:
+            if not grid:
+                raise CliError("give at least one --grid KEY=V1,V2 (or --resume SWEEP_DIR)")
+            axes = parse_grid(grid)
+            base = build_config(
+                preset_name=preset_name,
+                data=data,
+                steps=steps,
+                batch_size=batch_size,
+                lr=lr,
+                optimizer=optimizer,
+                seed=seed,
+                arch=arch,
+                width=width,
+                variants=variants,
+                conv_impl=None,
+                checkpoint_every=checkpoint_every,
+                max_to_keep=None,
+                keep_period=None,
+                keep_all=False,
+                eval_every=eval_every,
+                etas=etas,
+                probe_every=probe_every,
+            )
+            from landscape.sweep import configurations
+
+            for _, _, config in configurations(base, axes):
+                validate(config)
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            where = out or Path("runs") / f"sweep-{base.preset}-{stamp}"
+    except (CliError, SweepError) as err:
+        fail(str(err))
+    _run_sweep(where, base, axes, probe_enabled, progress, devices_value)
+
+
+def _run_sweep(where: Path, base, axes, probe_enabled: bool, progress: bool, devices) -> None:
+    from landscape.data import DataError
+    from landscape.runs import RunError
+    from landscape.sweep import SweepError, run_sweep
+
+    enable_compilation_cache()
+    console.print(f"sweep directory: [bold]{where}[/]", highlight=False)
+
+    def announce(index: int, total: int, name: str, status: str) -> None:
+        what = {"done": "done, skipped", "partial": "resuming", "new": "running"}[status]
+        console.print(f"[{index + 1}/{total}] {name}: {what}", highlight=False)
+
+    try:
+        rows = run_sweep(
+            where,
+            base,
+            axes,
+            probe_enabled=probe_enabled,
+            progress=progress,
+            devices=devices,
+            on_run=announce,
+        )
+    except (DataError, RunError, SweepError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        fail(f"interrupted; continue with: landscape sweep --resume {where}", code=130)
+    _print_sweep(rows, where)
+
+
+def _print_sweep(rows: list[dict], sweep_dir: Path) -> None:
+    table = Table(
+        title="Sweep: medians over probed steps, last test evaluation",
+        caption="loss band = max-min of L(x - eta g) over eta; grad dist max = max over eta of "
+        "||grad L(x - eta g) - g||; beta = effective beta-smoothness; BatchNorm in training "
+        f"mode during the probe. Also in {sweep_dir / 'summary.csv'}.",
+    )
+    for title in ("run", "variant", "status"):
+        table.add_column(title, no_wrap=True)
+    for title in ("steps", "probed"):
+        table.add_column(title, justify="right")
+    for title in ("loss band", "grad dist max", "beta", "test acc."):
+        table.add_column(title, justify="right")
+    for row in rows:
+        numbers = [row["loss_band"], row["grad_dist_max"], row["beta"], row["test_accuracy"]]
+        table.add_row(
+            row["run"],
+            row["variant"],
+            row["status"],
+            str(row["steps"]),
+            str(row["probed"]),
+            *("-" if v is None else _fmt(v) for v in numbers),
+        )
+    console.print(table)
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m landscape`
     app()
 
