@@ -587,7 +587,7 @@ def _start(options: dict, *, probe_enabled: bool) -> None:
         if distributed:
             start_distributed()
         if from_run is not None:
-            _reprobe(from_run, options.get("etas"), options["data"], progress)
+            _reprobe(from_run, options.get("etas"), options["data"], progress, devices)
             return
         if resume:
             config = resumed_config(resume, options["steps"], options["data"])
@@ -632,7 +632,9 @@ def start_distributed() -> None:
         console.print(f"distributed: {count} processes", highlight=False)
 
 
-def _reprobe(run_dir: Path, etas: str | None, data: str | None, progress: bool) -> None:
+def _reprobe(
+    run_dir: Path, etas: str | None, data: str | None, progress: bool, devices: int | str = 1
+) -> None:
     from landscape.data import DataError, load_dataset
     from landscape.runs import RunError, reprobe
 
@@ -640,7 +642,7 @@ def _reprobe(run_dir: Path, etas: str | None, data: str | None, progress: bool) 
     grid = parse_etas(etas) if etas else None
     try:
         dataset = load_dataset(data or config.data, progress=progress)
-        written = reprobe(run_dir, etas=grid, progress=progress, dataset=dataset)
+        written = reprobe(run_dir, etas=grid, progress=progress, dataset=dataset, devices=devices)
     except (DataError, RunError) as err:
         fail(str(err))
     for variant, path in written.items():

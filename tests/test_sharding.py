@@ -100,16 +100,20 @@ SCRIPT = textwrap.dedent(
 
     # Whole runs through landscape.runs.run: 8 devices against 1.
     with tempfile.TemporaryDirectory() as tmp:
-        for devices in (1, 8):
-            run(config, Path(tmp) / str(devices), progress=False, dataset=dataset, devices=devices)
+        run(config, Path(tmp) / "1", progress=False, dataset=dataset, devices=1)
+        # The 8-device run is interrupted after 2 steps and resumed from its checkpoint, which
+        # is restored replicated over the mesh.
+        run(config.replace(steps=2), Path(tmp) / "8", progress=False, dataset=dataset, devices=8)
+        run(config, Path(tmp) / "8", resume=True, progress=False, dataset=dataset, devices=8)
         def records(name):
             probe = load(Path(tmp) / name)["batchnorm"]
             metrics = load_metrics(Path(tmp) / name)["batchnorm"]
             return {
                 "probe_loss": probe["loss"].tolist(), "grad_dist": probe["grad_dist"].tolist(),
                 "beta": probe["beta"].tolist(), "train_loss": metrics["train"]["loss"].tolist(),
-                "test_accuracy": metrics["test"]["test_accuracy"].tolist(),
-                "test_loss": metrics["test"]["test_loss"].tolist(),
+                # the last evaluation (the interrupted run also evaluated at its step 2)
+                "test_accuracy": metrics["test"]["test_accuracy"][-1:].tolist(),
+                "test_loss": metrics["test"]["test_loss"][-1:].tolist(),
             }
         out["run"] = {"1": records("1"), "8": records("8")}
         out["provenance_devices"] = json.loads((Path(tmp) / "8" / "provenance.json").read_text())[
