@@ -585,6 +585,10 @@ def _start(options: dict, *, probe_enabled: bool) -> None:
     try:
         devices = parse_devices(devices)
         if distributed:
+            if not (out or resume or from_run):
+                raise CliError(
+                    "--distributed needs --out RUN_DIR: the same directory on every host"
+                )
             start_distributed()
         if from_run is not None:
             _reprobe(from_run, options.get("etas"), options["data"], progress, devices)

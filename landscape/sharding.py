@@ -17,7 +17,18 @@ With one device none of this is used: the trainer runs exactly the single-device
 
 Several hosts: call ``initialize_distributed()`` in every process before anything else touches
 JAX (``landscape probe --distributed`` does); every process then sees every host's devices, builds
-the same mesh and the same global batches, and only process 0 writes records and figures.
+the same mesh and the same global batches, and only process 0 writes records and figures. For two
+hosts, with host A at 10.0.0.1 and a run directory both hosts see (orbax writes each process's
+part of a checkpoint there)::
+
+    # on host A                                      # on host B
+    export JAX_COORDINATOR_ADDRESS=10.0.0.1:8476     export JAX_COORDINATOR_ADDRESS=10.0.0.1:8476
+    export JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0      export JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=1
+    landscape probe --preset paper --distributed --out /shared/runs/paper   (the same on both)
+
+Two processes on one CPU machine (``JAX_PLATFORMS=cpu``, ``XLA_FLAGS=
+--xla_force_host_platform_device_count=2``, coordinator ``localhost:8476``) run the same way; that
+is how tests/test_sharding.py checks it.
 """
 
 from __future__ import annotations

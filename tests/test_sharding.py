@@ -287,16 +287,16 @@ def test_two_processes_match_one_device(tmp_path, tiny_config):
         (["--devices", "abc"], "--devices 'abc'"),
         (["--devices", "0"], "positive number"),
         (["--devices", "2"], "choose 1 to 1"),  # this process sees one CPU device
+        (["--distributed"], "--distributed needs --out"),
     ],
 )
-def test_bad_devices_is_one_line_and_exit_2(args, message, tmp_path):
+def test_bad_devices_or_distributed_is_one_line_and_exit_2(args, message, tmp_path):
     from typer.testing import CliRunner
 
     from landscape.cli import app
 
-    result = CliRunner().invoke(
-        app, ["train", "--preset", "smoke", "--out", str(tmp_path / "r"), *args]
-    )
+    out = [] if "--distributed" in args else ["--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, ["train", "--preset", "smoke", *out, *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
