@@ -48,8 +48,8 @@ from landscape.train import TrainState, step_batch
 
 AXIS = "devices"
 
-# Environment variables read by ``initialize_distributed`` (JAX's own names, so a cluster set up
-# for any JAX program works unchanged; SLURM, Open MPI and TPU pods are detected by JAX itself).
+# Environment variables read by ``initialize_distributed``. JAX itself reads the coordinator's;
+# the other two follow its naming. SLURM, Open MPI and TPU pods are detected by JAX without them.
 COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
 NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
 PROCESS_ID_ENV = "JAX_PROCESS_ID"
@@ -82,21 +82,28 @@ def resolve_device_count(requested: int | str | None, batch_size: int) -> int:
 
     ``None`` or ``"all"``: all visible devices, or the largest count below it that divides the
     batch size (the batch is split evenly). A number: exactly that many, which must divide the
-    batch size and not exceed the visible devices (ValueError otherwise, with the reason).
+    batch size and not exceed the visible devices (ValueError otherwise, with the reason). A
+    multi-host run must use every device of every host.
     """
     visible = jax.device_count()
     if requested is None or requested == "all":
-        return max(n for n in range(1, visible + 1) if batch_size % n == 0)
-    count = int(requested)
-    if not 1 <= count <= visible:
-        raise ValueError(f"--devices {count}: choose 1 to {visible} (the visible devices) or all")
-    if batch_size % count:
-        raise ValueError(
-            f"--devices {count} does not divide the batch size {batch_size}: the batch is split "
-            "evenly across devices"
-        )
+        count = max(n for n in range(1, visible + 1) if batch_size % n == 0)
+    else:
+        count = int(requested)
+        if not 1 <= count <= visible:
+            raise ValueError(
+                f"--devices {count}: choose 1 to {visible} (the visible devices) or all"
+            )
+        if batch_size % count:
+            raise ValueError(
+                f"--devices {count} does not divide the batch size {batch_size}: the batch is "
+                "split evenly across devices"
+            )
     if jax.process_count() > 1 and count != visible:
-        raise ValueError("a multi-host run uses all devices of all hosts: use --devices all")
+        raise ValueError(
+            f"a multi-host run uses all {visible} devices of all hosts: the batch size "
+            f"{batch_size} must be a multiple of {visible}, and --devices all"
+        )
     return count
 
 

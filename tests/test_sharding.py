@@ -40,6 +40,15 @@ SCRIPT = textwrap.dedent(
                    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
     out = {"device_count": jax.device_count()}
+    resolve = sharding.resolve_device_count
+    out["resolved"] = [resolve(None, 16), resolve("all", 12), resolve("all", 7), resolve(2, 16)]
+    errors = []
+    for requested, batch in ((3, 16), (9, 18), (0, 16)):
+        try:
+            resolve(requested, batch)
+        except ValueError as err:
+            errors.append(str(err))
+    out["resolve_errors"] = errors
     dataset = synthetic_dataset(seed=0, num_train=256, num_test=200)
     config = RunConfig(
         preset="test", data="synthetic", seed=1, steps=3, batch_size=16, eval_every=0,
@@ -141,6 +150,13 @@ def run_script(script: str, devices: int) -> dict:
 @pytest.fixture(scope="module")
 def eight() -> dict:
     return run_script(SCRIPT, 8)
+
+
+def test_device_count_divides_the_batch(eight):
+    assert eight["resolved"] == [8, 6, 7, 2]  # "all": the most devices that split the batch
+    three, nine, zero = eight["resolve_errors"]
+    assert "does not divide the batch size 16" in three
+    assert "choose 1 to 8" in nine and "choose 1 to 8" in zero
 
 
 def test_train_step_matches_one_device(eight):
