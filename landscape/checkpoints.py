@@ -59,6 +59,15 @@ def kept_steps(steps: list[int], config: CheckpointConfig) -> list[int]:
     return sorted(s for s in steps if s in newest or (period and s % period == 0))
 
 
+def _place_like(array: np.ndarray, leaf: Any) -> jax.Array:
+    """Returns ``array`` on the devices and with the sharding of ``leaf`` (a replicated state on a
+    mesh stays replicated; on several hosts each process places its own shards)."""
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is None:
+        return jax.device_put(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
 class Checkpointer:
     """Saves and restores a pytree (the ``TrainState``) under ``directory/<step>/``.
 
@@ -105,6 +114,9 @@ class Checkpointer:
             self._orbax.save(int(step), args=ocp.args.StandardSave(state), force=force)
             return
         self._raise_writer_error()
+        if jax.process_index() != 0:
+            # The state is replicated: on several hosts one process writes the shared directory.
+            return
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, daemon=True)
             self._writer.start()
@@ -197,7 +209,7 @@ class Checkpointer:
                         f"checkpoint {path}: {name} is {array.dtype}{list(array.shape)}, "
                         f"expected {np.asarray(leaf).dtype}{list(np.shape(leaf))}"
                     )
-                restored.append(jax.device_put(array))
+                restored.append(_place_like(array, leaf))
         return jax.tree_util.tree_unflatten(treedef, restored)
 
     def steps(self) -> list[int]:

@@ -288,9 +288,11 @@ def _run_command(
     probe_enabled: bool,
     progress: bool,
     figures: bool,
+    devices: int | str = "all",
 ) -> None:
     from landscape.data import DataError
     from landscape.runs import RunError, run
+    from landscape.sharding import is_primary
 
     if resume is not None and out is not None and resume != out:
         raise CliError("give either --resume RUN_DIR or --out RUN_DIR, not both")
@@ -306,6 +308,7 @@ def _run_command(
             overwrite=overwrite,
             probe_enabled=probe_enabled,
             progress=progress,
+            devices=devices,
         )
     except (DataError, RunError) as err:
         fail(str(err))
@@ -315,6 +318,8 @@ def _run_command(
             f"Continue with: --resume {run_dir}",
             code=130,
         )
+    if not is_primary():
+        return  # the other processes of a multi-host run compute; process 0 reports
     for r in reports:
         if r.steps_run:
             rate = r.steps_run / r.wall_s if r.wall_s else float("nan")
@@ -487,6 +492,20 @@ OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing run directory.")
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+DevicesOpt = Annotated[
+    str,
+    typer.Option(
+        "--devices",
+        help="Devices each step is spread over: all (default: every visible device, or the most that divide the batch size) or a number. The batch is split across them (data parallel, BatchNorm statistics over the whole batch) and the probe's step sizes too; the numbers do not depend on the count. 1 = the single-device code.",
+    ),
+]
+DistributedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--distributed",
+        help="Join a multi-host run (jax.distributed.initialize) using $JAX_COORDINATOR_ADDRESS (host:port of process 0), $JAX_NUM_PROCESSES and $JAX_PROCESS_ID, or SLURM/Open MPI/TPU auto-detection. Run the same command on every host; only process 0 writes.",
+    ),
+]
 
 
 @app.command()
@@ -511,6 +530,8 @@ def train(
     eval_every: EvalOpt = None,
     resume: ResumeOpt = None,
     overwrite: OverwriteOpt = False,
+    devices: DevicesOpt = "all",
+    distributed: DistributedOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Train the variants (default: standard and BatchNorm VGG) and checkpoint every step, without probing."""
@@ -573,6 +594,8 @@ def probe(
             "--figures/--no-figures", help="Draw the figures and the HTML report at the end."
         ),
     ] = True,
+    devices: DevicesOpt = "all",
+    distributed: DistributedOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Train standard and BatchNorm VGG side by side and probe the loss landscape at every checkpoint (the paper's Figure 4)."""
@@ -585,9 +608,17 @@ def _start(options: dict, *, probe_enabled: bool) -> None:
     out, resume, overwrite = options.pop("out"), options.pop("resume"), options.pop("overwrite")
     progress, figures = options.pop("progress"), options.pop("figures", False)
     from_run = options.pop("from_run", None)
+    devices, distributed = options.pop("devices"), options.pop("distributed")
     try:
+        devices = parse_devices(devices)
+        if distributed:
+            if not (out or resume or from_run):
+                raise CliError(
+                    "--distributed needs --out RUN_DIR: the same directory on every host"
+                )
+            start_distributed()
         if from_run is not None:
-            _reprobe(from_run, options.get("etas"), options["data"], progress)
+            _reprobe(from_run, options.get("etas"), options["data"], progress, devices)
             return
         if resume:
             config = resumed_config(resume, options["steps"], options["data"])
@@ -601,12 +632,40 @@ def _start(options: dict, *, probe_enabled: bool) -> None:
             probe_enabled=probe_enabled,
             progress=progress,
             figures=figures,
+            devices=devices,
         )
     except CliError as err:
         fail(str(err))
 
 
-def _reprobe(run_dir: Path, etas: str | None, data: str | None, progress: bool) -> None:
+def parse_devices(text: str) -> int | str:
+    """Parses ``--devices``: ``all`` or a positive number of devices."""
+    if text == "all":
+        return text
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise CliError(f"--devices {text!r}: use all or a positive number of devices")
+    return count
+
+
+def start_distributed() -> None:
+    """Joins a multi-host run; a missing coordinator becomes a one-line error."""
+    from landscape.sharding import initialize_distributed
+
+    try:
+        process, count = initialize_distributed()
+    except (ValueError, RuntimeError) as err:
+        raise CliError(f"--distributed: {err}") from None
+    if process == 0:
+        console.print(f"distributed: {count} processes", highlight=False)
+
+
+def _reprobe(
+    run_dir: Path, etas: str | None, data: str | None, progress: bool, devices: int | str = 1
+) -> None:
     from landscape.data import DataError, load_dataset
     from landscape.runs import RunError, reprobe
 
@@ -614,7 +673,7 @@ def _reprobe(run_dir: Path, etas: str | None, data: str | None, progress: bool) 
     grid = parse_etas(etas) if etas else None
     try:
         dataset = load_dataset(data or config.data, progress=progress)
-        written = reprobe(run_dir, etas=grid, progress=progress, dataset=dataset)
+        written = reprobe(run_dir, etas=grid, progress=progress, dataset=dataset, devices=devices)
     except (DataError, RunError) as err:
         fail(str(err))
     for variant, path in written.items():
@@ -1579,6 +1638,174 @@ class _HessianProgress:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.__exit__(*exc)
+
+
+@app.command()
+def sweep(
+    sweep_dir: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Only summarise this sweep directory: print the table and write SWEEP_DIR/summary.csv (no training)."
+        ),
+    ] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid",
+            help="KEY=V1,V2,... one axis of the grid; repeat for more axes (every combination runs). Keys: seed, lr, batch_size, width, variant, optimizer, arch, weight_decay, steps.",
+        ),
+    ] = None,
+    preset_name: PresetOpt = "smoke",
+    data: DataOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Sweep directory: sweep.json, one run directory per configuration, summary.csv. Default: runs/sweep-<preset>-<date>-<time>. Running the same sweep into it again skips finished runs.",
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the sweep in this directory as saved in its sweep.json: finished runs are skipped, an interrupted one resumes from its newest checkpoint.",
+        ),
+    ] = None,
+    steps: StepsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    optimizer: OptimOpt = None,
+    seed: SeedOpt = None,
+    arch: ArchOpt = None,
+    width: WidthOpt = None,
+    variants: VariantsOpt = None,
+    etas: Annotated[
+        str | None,
+        typer.Option(
+            "--etas", help="Probe step sizes, LO:HI:N or a list. Default: [1/2, 4] x lr, 8 values."
+        ),
+    ] = None,
+    probe_every: Annotated[
+        int | None,
+        typer.Option("--probe-every", help="Probe every k-th checkpoint. Default: the preset's."),
+    ] = None,
+    eval_every: EvalOpt = None,
+    checkpoint_every: CkptOpt = None,
+    probe_enabled: Annotated[
+        bool,
+        typer.Option("--probe/--no-probe", help="Probe the landscape (default) or only train."),
+    ] = True,
+    devices: DevicesOpt = "all",
+    progress: ProgressOpt = True,
+) -> None:
+    """Run a grid of independent runs (seeds, variants, learning rates, ...) one after another, resumable, with one summary table.
+
+    Each configuration is an ordinary run directory (summary, plot, report work on it) spread over --devices; configurations run one after another, not side by side.
+    """
+    from landscape.sweep import SweepError, parse_grid, summarize_sweep
+
+    try:
+        if sweep_dir is not None:
+            if grid or resume or out:
+                raise CliError("SWEEP_DIR only summarises; give --grid/--out or --resume to run")
+            if not (sweep_dir / "sweep.json").exists():
+                raise CliError(f"{sweep_dir} is not a landscape sweep (no sweep.json)")
+            _print_sweep(summarize_sweep(sweep_dir), sweep_dir)
+            return
+        devices_value = parse_devices(devices)
+        if resume is not None:
+            if grid or out:
+                raise CliError("--resume continues the saved grid; do not give --grid or --out")
+            base = axes = None
+            where = resume
+        else:
+            if not grid:
+                raise CliError("give at least one --grid KEY=V1,V2 (or --resume SWEEP_DIR)")
+            axes = parse_grid(grid)
+            base = build_config(
+                preset_name=preset_name,
+                data=data,
+                steps=steps,
+                batch_size=batch_size,
+                lr=lr,
+                optimizer=optimizer,
+                seed=seed,
+                arch=arch,
+                width=width,
+                variants=variants,
+                conv_impl=None,
+                checkpoint_every=checkpoint_every,
+                max_to_keep=None,
+                keep_period=None,
+                keep_all=False,
+                eval_every=eval_every,
+                etas=etas,
+                probe_every=probe_every,
+            )
+            from landscape.sweep import configurations
+
+            for _, _, config in configurations(base, axes):
+                validate(config)
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            where = out or Path("runs") / f"sweep-{base.preset}-{stamp}"
+    except (CliError, SweepError) as err:
+        fail(str(err))
+    _run_sweep(where, base, axes, probe_enabled, progress, devices_value)
+
+
+def _run_sweep(where: Path, base, axes, probe_enabled: bool, progress: bool, devices) -> None:
+    from landscape.data import DataError
+    from landscape.runs import RunError
+    from landscape.sweep import SweepError, run_sweep
+
+    enable_compilation_cache()
+    console.print(f"sweep directory: [bold]{where}[/]", highlight=False)
+
+    def announce(index: int, total: int, name: str, status: str) -> None:
+        what = {"done": "done, skipped", "partial": "resuming", "new": "running"}[status]
+        console.print(f"[{index + 1}/{total}] {name}: {what}", highlight=False)
+
+    try:
+        rows = run_sweep(
+            where,
+            base,
+            axes,
+            probe_enabled=probe_enabled,
+            progress=progress,
+            devices=devices,
+            on_run=announce,
+        )
+    except (DataError, RunError, SweepError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        fail(f"interrupted; continue with: landscape sweep --resume {where}", code=130)
+    _print_sweep(rows, where)
+
+
+def _print_sweep(rows: list[dict], sweep_dir: Path) -> None:
+    table = Table(
+        title="Sweep: medians over probed steps, last test evaluation",
+        caption="loss band = max-min of L(x - eta g) over eta; grad dist max = max over eta of "
+        "||grad L(x - eta g) - g||; beta = effective beta-smoothness; BatchNorm in training "
+        f"mode during the probe. Also in {sweep_dir / 'summary.csv'}.",
+    )
+    for title in ("run", "variant", "status"):
+        table.add_column(title, no_wrap=True)
+    for title in ("steps", "probed"):
+        table.add_column(title, justify="right")
+    for title in ("loss band", "grad dist max", "beta", "test acc."):
+        table.add_column(title, justify="right")
+    for row in rows:
+        numbers = [row["loss_band"], row["grad_dist_max"], row["beta"], row["test_accuracy"]]
+        table.add_row(
+            row["run"],
+            row["variant"],
+            row["status"],
+            str(row["steps"]),
+            str(row["probed"]),
+            *("-" if v is None else _fmt(v) for v in numbers),
+        )
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m landscape`

@@ -25,7 +25,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from landscape import sharding
 from landscape.checkpoints import Checkpointer
 from landscape.config import ModelConfig, OptimizerConfig, RunConfig, is_dln
 from landscape.data import Dataset, load_dataset
@@ -134,12 +136,15 @@ class Recorder:
     """Keeps per-step results on the device and writes them to disk in one transfer at a time.
 
     ``flush`` is called before each checkpoint, so the records on disk always reach at least
-    the newest checkpoint and a resumed run never misses or repeats a row.
+    the newest checkpoint and a resumed run never misses or repeats a row. With
+    ``write=False`` (the other processes of a multi-host run) rows are dropped, not written.
     """
 
-    def __init__(self, variant_dir: Path):
-        self.metrics = RecordWriter(variant_dir / METRICS_FILE)
-        self.probes = RecordWriter(variant_dir / PROBE_FILE)
+    def __init__(self, variant_dir: Path, write: bool = True):
+        self.write = write
+        if write:
+            self.metrics = RecordWriter(variant_dir / METRICS_FILE)
+            self.probes = RecordWriter(variant_dir / PROBE_FILE)
         self._metrics: list[dict] = []
         self._probes: list[dict] = []
         self.last: dict[str, float] = {}
@@ -153,6 +158,9 @@ class Recorder:
     def flush(self) -> None:
         if not (self._metrics or self._probes):
             return
+        if not self.write:
+            self._metrics, self._probes = [], []
+            return
         metrics, probes = jax.device_get((self._metrics, self._probes))
         self._metrics, self._probes = [], []
         rows = [{k: _number(v) for k, v in row.items()} for row in metrics]
@@ -163,8 +171,9 @@ class Recorder:
 
     def close(self) -> None:
         self.flush()
-        self.metrics.close()
-        self.probes.close()
+        if self.write:
+            self.metrics.close()
+            self.probes.close()
 
 
 def _number(value: Any) -> int | float:
@@ -224,6 +233,23 @@ def compiled_functions(
     )
 
 
+@functools.lru_cache(maxsize=16)
+def sharded_functions(
+    loss_fn: Callable,
+    train_step: Callable,
+    eval_step: Callable,
+    strategy: str,
+    map_batch_size: int,
+    mesh: Mesh,
+) -> tuple[Callable, Callable, Callable]:
+    """Returns (train_step, eval_step, probe_step) spread over ``mesh``; cached like the above."""
+    return (
+        sharding.shard_train_step(train_step, mesh),
+        sharding.shard_eval_step(eval_step, mesh),
+        sharding.make_sharded_probe_step(loss_fn, mesh, strategy, map_batch_size),
+    )
+
+
 @dataclass
 class Trainer:
     """The compiled functions and data of one variant; shared by ``run`` and ``reprobe``."""
@@ -231,6 +257,7 @@ class Trainer:
     config: RunConfig
     variant: str
     dataset: Dataset
+    mesh: Mesh | None = None  # several devices: data-parallel steps, etas split (sharding.py)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -248,18 +275,30 @@ class Trainer:
         self.model, self.optimizer, self.loss_fn, self.train_step, self.eval_step = fns[:5]
         self.probe_step = fns[5]
         self.loss = loss_for_arch(cfg.model.arch)  # the name of loss_fn's loss (train.LOSSES)
+        if self.mesh is not None:
+            self.train_step, self.eval_step, self.probe_step = sharded_functions(
+                self.loss_fn,
+                self.train_step,
+                self.eval_step,
+                strategy,
+                cfg.probe.map_batch_size,
+                self.mesh,
+            )
         self.etas = jnp.asarray(cfg.probe.grid(cfg.optimizer.learning_rate), jnp.float32)
         ds = self.dataset
         self.train_source = BatchSource(
-            ds.train_images, ds.train_labels, ds.mean, ds.std, cfg.batch_size, cfg.seed
+            ds.train_images, ds.train_labels, ds.mean, ds.std, cfg.batch_size, cfg.seed, self.mesh
         )
         self.test_source = BatchSource(
-            ds.test_images, ds.test_labels, ds.mean, ds.std, cfg.batch_size, cfg.seed
+            ds.test_images, ds.test_labels, ds.mean, ds.std, cfg.batch_size, cfg.seed, self.mesh
         )
 
     def initial_state(self) -> TrainState:
         input_shape = tuple(self.dataset.train_images.shape[1:])
-        return create_train_state(self.model, self.optimizer, self.config.seed, input_shape)
+        state = create_train_state(self.model, self.optimizer, self.config.seed, input_shape)
+        if self.mesh is not None:  # replicated; a restored checkpoint keeps this layout
+            state = sharding.place(state, sharding.replicated(self.mesh))
+        return state
 
     def probe_at(self, state: TrainState, step: int, etas: jax.Array | None = None):
         """Returns ``(StepOutput, ProbeResult)`` for the state of ``step`` on its own batch."""
@@ -307,14 +346,16 @@ def train_variant(
     if resume and checkpointer is not None and checkpointer.latest_step() is not None:
         start, restored = int(checkpointer.latest_step()), True
         state = checkpointer.restore(start, state)
+    primary = sharding.is_primary()  # only process 0 of a multi-host run writes records
     # Rows past the restart point were produced after the newest checkpoint: drop them so the
     # rerun steps are recorded once.
-    truncate_rows(
-        variant_dir / METRICS_FILE,
-        lambda r: r["step"] < start or ("test_accuracy" in r and r["step"] <= start),
-    )
-    truncate_rows(variant_dir / PROBE_FILE, lambda r: r["step"] < start)
-    recorder = Recorder(variant_dir)
+    if primary:
+        truncate_rows(
+            variant_dir / METRICS_FILE,
+            lambda r: r["step"] < start or ("test_accuracy" in r and r["step"] <= start),
+        )
+        truncate_rows(variant_dir / PROBE_FILE, lambda r: r["step"] < start)
+    recorder = Recorder(variant_dir, write=primary)
     t_begin = time.perf_counter()
     try:
         for step in range(start, cfg.steps):
@@ -429,11 +470,15 @@ def run(
     probe_enabled: bool = True,
     progress: bool = True,
     dataset: Dataset | None = None,
+    devices: int | str | None = None,
 ) -> list[VariantReport]:
     """Trains (and probes) every variant of ``config`` into ``run_dir``.
 
     Returns one ``VariantReport`` per variant. Records, checkpoints, ``config.json`` and
     ``provenance.json`` are written as the run goes, so an interrupted run can be resumed.
+    ``devices`` (a number or ``"all"``, the default) spreads each step over that many devices
+    (``landscape.sharding``); one device runs the single-device code. In a multi-host run only
+    process 0 writes records and progress.
     """
     run_dir = Path(run_dir)
     if resume:
@@ -445,18 +490,25 @@ def run(
     check_model_fits_data(config, dataset)
     if resume:
         check_same_data(run_dir, dataset)
-    config = prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+    try:
+        device_count = sharding.resolve_device_count(devices, config.batch_size)
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    mesh = sharding.make_mesh(device_count)  # built once, shared by every variant
+    primary = sharding.is_primary()
+    progress = progress and primary
     if not probe_enabled and config.probe.enabled and not resume:
         config = config.replace(probe=dataclasses.replace(config.probe, enabled=False))
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    if not resume or not (run_dir / "provenance.json").exists():
-        (run_dir / "provenance.json").write_text(
-            json.dumps(provenance(dataset, config), indent=2) + "\n"
-        )
+    if primary:
+        config = prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+        if not resume or not (run_dir / "provenance.json").exists():
+            facts = {**provenance(dataset, config), "devices_used": device_count}
+            (run_dir / "provenance.json").write_text(json.dumps(facts, indent=2) + "\n")
+    sharding.sync("run directory ready")  # other hosts wait for process 0 to prepare it
     reports = []
     with _progress(progress, config.steps, list(config.variants)) as make_callback:
         for variant in config.variants:
-            trainer = Trainer(config, variant, dataset)
+            trainer = Trainer(config, variant, dataset, mesh)
             reports.append(
                 train_variant(
                     trainer,
@@ -507,12 +559,14 @@ def reprobe(
     out_name: str = "reprobe.jsonl",
     progress: bool = True,
     dataset: Dataset | None = None,
+    devices: int | str | None = 1,
 ) -> dict[str, Path]:
     """Probes the saved checkpoints of a run again, on the batch each step was trained on.
 
     ``etas`` replaces the run's grid (any length); ``steps`` limits the checkpoints probed.
     Records are written to ``RUN_DIR/<variant>/<out_name>`` in the probe's format, one row per
     checkpoint, appended as they are produced. Returns the paths written, by variant.
+    ``devices`` > 1 (or ``"all"``) spreads each re-probe over devices as ``run`` does.
     """
     run_dir = Path(run_dir)
     config = load_config(run_dir)
@@ -521,12 +575,16 @@ def reprobe(
     if dataset is None:
         dataset = load_dataset(config.data, progress=progress)
     check_same_data(run_dir, dataset)
+    try:
+        mesh = sharding.make_mesh(sharding.resolve_device_count(devices, config.batch_size))
+    except ValueError as err:
+        raise RunError(str(err)) from None
     written = {}
     for variant in variants or list(config.variants):
         ckpt_dir = run_dir / variant / "checkpoints"
         if not ckpt_dir.exists():
             raise RunError(f"variant {variant!r} has no checkpoints in {run_dir}")
-        trainer = Trainer(config, variant, dataset)
+        trainer = Trainer(config, variant, dataset, mesh)
         checkpointer = Checkpointer(ckpt_dir, config.checkpoint)
         chosen = [s for s in checkpointer.steps() if steps is None or s in set(steps)]
         path = run_dir / variant / out_name

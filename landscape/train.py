@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh
 
 from landscape.config import ModelConfig, OptimizerConfig
 from landscape.data import batch_indices, normalize
@@ -234,15 +235,32 @@ def make_eval_step(model: nn.Module, loss: str = "cross_entropy") -> Callable:
 
 
 class BatchSource:
-    """Builds batches on the device from a dataset held there as uint8."""
+    """Builds batches on the device from a dataset held there as uint8.
+
+    With a ``mesh`` (``landscape.sharding``) the data set is copied to every device and each
+    batch comes back split along its first axis across them: each device gathers its own rows.
+    """
 
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int, seed: int
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        mean,
+        std,
+        batch_size: int,
+        seed: int,
+        mesh: Mesh | None = None,
     ):
-        self.images = jax.device_put(images)
+        self.mesh = mesh
         # Class labels as int32; a regression set's float targets as they are.
-        is_class = np.issubdtype(labels.dtype, np.integer)
-        self.labels = jax.device_put(labels.astype(np.int32) if is_class else labels)
+        if np.issubdtype(labels.dtype, np.integer):
+            labels = labels.astype(np.int32)
+        if mesh is None:
+            self.images, self.labels = jax.device_put(images), jax.device_put(labels)
+        else:
+            from landscape.sharding import place, replicated
+
+            self.images, self.labels = place((images, labels), replicated(mesh))
         self.mean = jnp.asarray(mean, jnp.float32)
         self.std = jnp.asarray(std, jnp.float32)
         self.batch_size = batch_size
@@ -255,13 +273,22 @@ class BatchSource:
             }
         )
 
+    def _indices_on_device(self, idx: np.ndarray) -> jax.Array:
+        if self.mesh is None:
+            return jnp.asarray(idx)
+        from landscape.sharding import place, replicated, split_batch
+
+        # A chunk that does not split evenly (the end of a test set) is kept whole everywhere.
+        even = idx.shape[0] % self.mesh.devices.size == 0
+        return place(idx, split_batch(self.mesh) if even else replicated(self.mesh))
+
     def indices(self, step: int) -> np.ndarray:
         """Returns the example indices of the batch at ``step`` (a pure function of seed, step)."""
         return batch_indices(self.seed, step, self.num_examples, self.batch_size)
 
     def __call__(self, step: int) -> dict:
         """Returns the normalised batch of ``step`` as device arrays."""
-        idx = jnp.asarray(self.indices(step))
+        idx = self._indices_on_device(self.indices(step))
         return self._gather(self.images, self.labels, idx, self.mean, self.std)
 
     def chunks(self, chunk_size: int, limit: int | None = None):
@@ -275,7 +302,7 @@ class BatchSource:
         if limit is not None:
             starts = starts[:limit]
         for start in starts:
-            idx = jnp.asarray(order[start : start + chunk_size])
+            idx = self._indices_on_device(order[start : start + chunk_size])
             yield self._gather(self.images, self.labels, idx, self.mean, self.std)
 
 

@@ -1,0 +1,261 @@
+"""Sweeps: a grid of independent runs (seeds, variants, learning rates, batch sizes, widths).
+
+A sweep directory holds ``sweep.json`` (the base configuration and the grid) and one ordinary
+run directory per configuration, named from its grid values (``seed=0_lr=0.05``). Runs go one
+after another, each over the devices ``--devices`` gives it (data parallel, ``sharding.py``).
+Running the sweep again skips the configurations whose records are complete and resumes an
+interrupted one from its newest checkpoint (``runs.run(..., resume=True)``), so a sweep can be
+stopped at any time. ``summarize_sweep`` gathers every run's medians and final accuracy into
+one table, written to ``SWEEP_DIR/summary.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from landscape.config import RunConfig
+from landscape.results import METRICS_FILE, load, read_rows
+from landscape.summary import median_finite
+
+SWEEP_FILE = "sweep.json"
+SUMMARY_FILE = "summary.csv"
+
+
+class SweepError(Exception):
+    """A user-facing problem with a sweep (the CLI prints the one-line message, exits 2)."""
+
+
+@dataclass(frozen=True)
+class GridKey:
+    """One axis a sweep may vary: how its values parse and how one is applied to a config."""
+
+    kind: type  # int, float or str
+    apply: Callable[[RunConfig, Any], RunConfig]
+    minimum: float | None = None  # smallest allowed number (None: any)
+    positive: bool = False  # numbers must be > 0 (not just >= minimum)
+
+
+def _nested(field: str, attr: str) -> Callable[[RunConfig, Any], RunConfig]:
+    def apply(config: RunConfig, value: Any) -> RunConfig:
+        return config.replace(
+            **{field: dataclasses.replace(getattr(config, field), **{attr: value})}
+        )
+
+    return apply
+
+
+GRID_KEYS: dict[str, GridKey] = {
+    "seed": GridKey(int, lambda c, v: c.replace(seed=v), minimum=0),
+    "lr": GridKey(float, _nested("optimizer", "learning_rate"), positive=True),
+    "batch_size": GridKey(int, lambda c, v: c.replace(batch_size=v), positive=True),
+    "width": GridKey(float, _nested("model", "width"), positive=True),
+    "variant": GridKey(str, lambda c, v: c.replace(variants=(v,))),
+    "optimizer": GridKey(str, _nested("optimizer", "name")),
+    "arch": GridKey(str, _nested("model", "arch")),
+    "weight_decay": GridKey(float, _nested("optimizer", "weight_decay"), minimum=0),
+    "steps": GridKey(int, lambda c, v: c.replace(steps=v), positive=True),
+}
+
+
+def parse_grid(specs: list[str]) -> dict[str, list]:
+    """Parses ``["seed=0,1", "lr=0.05,0.1"]`` into ``{"seed": [0, 1], "lr": [0.05, 0.1]}``.
+
+    Raises SweepError (one line) for an unknown key, a key given twice, a value of the wrong
+    type or sign, or a repeated value.
+    """
+    grid: dict[str, list] = {}
+    for spec in specs:
+        key, sep, text = spec.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not text.strip():
+            raise SweepError(f"--grid {spec!r}: use KEY=V1,V2,... (e.g. seed=0,1)")
+        if key not in GRID_KEYS:
+            raise SweepError(f"--grid: unknown key {key!r}; choose from {', '.join(GRID_KEYS)}")
+        if key in grid:
+            raise SweepError(f"--grid: {key} is given twice; list all its values in one --grid")
+        rule = GRID_KEYS[key]
+        values = []
+        for item in (v.strip() for v in text.split(",")):
+            try:
+                value = rule.kind(item)
+            except ValueError:
+                raise SweepError(
+                    f"--grid {key}: {item!r} is not {'an integer' if rule.kind is int else 'a number'}"
+                ) from None
+            if rule.kind is not str and (
+                (rule.positive and not value > 0)
+                or (rule.minimum is not None and value < rule.minimum)
+            ):
+                bound = "positive" if rule.positive else f">= {rule.minimum:g}"
+                raise SweepError(f"--grid {key}: {item!r} must be {bound}")
+            if value in values:
+                raise SweepError(f"--grid {key}: {item!r} is listed twice")
+            values.append(value)
+        grid[key] = values
+    return grid
+
+
+def _label(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def configurations(base: RunConfig, grid: dict[str, list]) -> list[tuple[str, dict, RunConfig]]:
+    """Returns ``(name, values, config)`` for every point of the grid, in a fixed order.
+
+    The order is the Cartesian product with the first key varying slowest; ``name`` is the run
+    directory's name, ``key=value`` joined by ``_`` (``seed=0_lr=0.05``).
+    """
+    keys = list(grid)
+    out = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        values = dict(zip(keys, combo, strict=True))
+        config = base
+        for key, value in values.items():
+            config = GRID_KEYS[key].apply(config, value)
+        name = "_".join(f"{k}={_label(v)}" for k, v in values.items()) or "base"
+        out.append((name, values, config))
+    return out
+
+
+def open_sweep(
+    sweep_dir: str | os.PathLike, base: RunConfig | None = None, grid: dict | None = None
+) -> tuple[RunConfig, dict[str, list]]:
+    """Creates ``sweep.json`` or checks it; returns the sweep's (base config, grid).
+
+    With ``base`` and ``grid`` None the saved sweep is continued as it was defined. Given, they
+    must match a sweep already in the directory (running the same command again continues it);
+    a directory holding something else is refused.
+    """
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / SWEEP_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
+        saved_base, saved_grid = RunConfig.from_dict(saved["base"]), saved["grid"]
+        if base is not None and (base != saved_base or grid != saved_grid):
+            raise SweepError(
+                f"{sweep_dir} holds a different sweep; continue it with --resume {sweep_dir} "
+                "or choose another --out"
+            )
+        return saved_base, saved_grid
+    if base is None:
+        raise SweepError(f"cannot resume: {sweep_dir} has no {SWEEP_FILE} (not a landscape sweep)")
+    if sweep_dir.exists() and any(sweep_dir.iterdir()):
+        raise SweepError(f"{sweep_dir} already exists and is not a landscape sweep")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    runs = [{"name": n, "values": v} for n, v, _ in configurations(base, grid)]
+    body = {"base": base.to_dict(), "grid": grid, "runs": runs}
+    path.write_text(json.dumps(body, indent=2) + "\n")
+    return base, grid
+
+
+def run_status(run_dir: Path, config: RunConfig) -> str:
+    """Returns ``"done"`` (every variant evaluated at the last step), ``"partial"`` or ``"new"``."""
+    if not (run_dir / "config.json").exists():
+        return "new"
+    for variant in config.variants:
+        rows = read_rows(run_dir / variant / METRICS_FILE)
+        if not any(r.get("step") == config.steps and "test_accuracy" in r for r in rows):
+            return "partial"
+    return "done"
+
+
+def run_sweep(
+    sweep_dir: str | os.PathLike,
+    base: RunConfig | None = None,
+    grid: dict[str, list] | None = None,
+    *,
+    probe_enabled: bool = True,
+    progress: bool = True,
+    devices: int | str | None = None,
+    dataset: Any = None,
+    on_run: Callable[[int, int, str, str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Runs every configuration of the grid that is not done yet, one after another.
+
+    ``base``/``grid`` None continues the sweep saved in ``sweep_dir``. A finished run is
+    skipped, an interrupted one resumed from its newest checkpoint. ``on_run(index, total,
+    name, status)`` is called before each configuration (status: new, partial or done).
+    Returns ``summarize_sweep(sweep_dir)`` (also written to ``SWEEP_DIR/summary.csv``).
+    """
+    from landscape.data import load_dataset
+    from landscape.runs import run
+
+    sweep_dir = Path(sweep_dir)
+    base, grid = open_sweep(sweep_dir, base, grid)
+    points = configurations(base, grid)
+    if dataset is None:  # the grid never changes the data: load it once for every run
+        dataset = load_dataset(base.data, progress=progress)
+    for index, (name, _, config) in enumerate(points):
+        run_dir = sweep_dir / name
+        status = run_status(run_dir, config)
+        if on_run is not None:
+            on_run(index, len(points), name, status)
+        if status == "done":
+            continue
+        run(
+            config,
+            run_dir,
+            resume=status == "partial",
+            overwrite=status == "new" and run_dir.exists(),
+            probe_enabled=probe_enabled,
+            progress=progress,
+            dataset=dataset,
+            devices=devices,
+        )
+    return summarize_sweep(sweep_dir)
+
+
+def summarize_sweep(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Returns one row per configuration and variant, and writes them to ``summary.csv``.
+
+    Each row: ``run`` (its directory name), the grid values, ``variant``, ``status`` (done,
+    partial or new), ``steps`` (trained), ``probed`` (probed steps), the medians over probed
+    steps of ``loss_band``, ``grad_dist_max`` (gradient predictiveness, the max over etas of
+    ||grad L(x - eta g) - g||) and ``beta`` (effective beta-smoothness), and the last
+    ``test_accuracy`` (fraction) and ``test_loss`` (nats). BatchNorm runs in training mode
+    during the probe, as the optimiser sees the loss. Missing values are empty.
+    """
+    from landscape.results import load_metrics
+
+    sweep_dir = Path(sweep_dir)
+    base, grid = open_sweep(sweep_dir)
+    rows = []
+    for name, values, config in configurations(base, grid):
+        run_dir = sweep_dir / name
+        status = run_status(run_dir, config)
+        records = load(run_dir) if status != "new" else {}
+        metrics = load_metrics(run_dir) if status != "new" else {}
+        for variant in config.variants:
+            row: dict[str, Any] = {"run": name, **values, "variant": variant, "status": status}
+            train = metrics.get(variant, {}).get("train", {})
+            test = metrics.get(variant, {}).get("test", {})
+            row["steps"] = int(train["step"].max()) + 1 if len(train.get("step", [])) else 0
+            rec = records.get(variant, {})
+            row["probed"] = len(rec.get("step", []))
+            for key in ("loss_band", "grad_dist_max", "beta"):
+                row[key] = median_finite(rec[key]) if row["probed"] else None
+            for key in ("test_accuracy", "test_loss"):
+                row[key] = float(test[key][-1]) if len(test.get(key, [])) else None
+            rows.append(row)
+    write_csv(rows, sweep_dir / SUMMARY_FILE)
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Writes ``rows`` (dicts with the same keys) as CSV; None becomes an empty cell."""
+    if not rows:
+        return
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
