@@ -707,10 +707,11 @@ def bench(
         ),
     ] = "synthetic",
     variant: Annotated[
-        str, typer.Option(
+        str,
+        typer.Option(
             "--variant",
             help="The variant to time: standard, batchnorm, noisy_batchnorm, noisy_none, l1, l2 or linf.",
-        )
+        ),
     ] = "batchnorm",
     width: WidthOpt = None,
     batch_size: BatchOpt = None,

@@ -47,7 +47,7 @@ LABELS = {
     "standard": "Standard",
     "batchnorm": "Standard + BatchNorm",
     "noisy_batchnorm": 'Standard + "Noisy" BatchNorm',
-    "noisy_none": 'Standard + noise (no BatchNorm)',
+    "noisy_none": "Standard + noise (no BatchNorm)",
     "l1": "Standard + ℓ1 norm",
     "l2": "Standard + ℓ2 norm",
     "linf": "Standard + ℓ∞ norm",

@@ -404,3 +404,27 @@ def test_summary_and_figures_handle_more_variants():
         variant_label("noisy_none") != "noisy_none"
         and variant_label("linf") == "Standard + ℓ∞ norm"
     )
+
+
+def test_offline_reprobe_sees_the_same_noise_as_the_inline_probe(smoke_run, tiny_dataset):
+    # The step's noise key is fold_in(state.rng, step), both saved in the checkpoint: a re-probe
+    # from checkpoints reproduces the inline probe's records exactly.
+    from landscape.results import read_rows
+    from landscape.runs import reprobe
+
+    _, run_dir = smoke_run
+    written = reprobe(
+        run_dir,
+        steps=[1, 2],
+        variants=["noisy_batchnorm", "noisy_none"],
+        progress=False,
+        dataset=tiny_dataset,
+        out_name="again.jsonl",
+    )
+    assert set(written) == {"noisy_batchnorm", "noisy_none"}
+    for variant, path in written.items():
+        inline = {r["step"]: r for r in read_rows(run_dir / variant / "probe.jsonl")}
+        offline = read_rows(path)
+        assert [r["step"] for r in offline] == [1, 2]
+        for row in offline:
+            assert row == inline[row["step"]], variant
