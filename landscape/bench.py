@@ -290,3 +290,56 @@ def result_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
             ),
         ]
     return rows
+
+
+def time_variants(
+    config: RunConfig,
+    dataset: Dataset,
+    variants: tuple[str, ...],
+    *,
+    reference: str = "batchnorm",
+    repeats: int = 7,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Times one train step of each variant of ``config``, side by side in one process.
+
+    The variants are timed in alternating rounds on the same batch (the noisy layers draw their
+    noise inside the step, so that cost is included). Returns ``machine``, ``settings`` and
+    ``results``: per variant the median seconds of one train step, its compile seconds and its
+    ratio to ``reference``'s median.
+    """
+    say = progress or (lambda message: None)
+    names = tuple(dict.fromkeys((reference, *variants)))
+    steps, compile_s = {}, {}
+    for name in names:
+        say(f"compiling {name}")
+        trainer = Trainer(config, name, dataset)
+        state, batch = trainer.initial_state(), trainer.train_source(0)
+        compile_s[name] = _timed(lambda t=trainer, s=state, b=batch: t.train_step(s, b)[1].loss)
+        steps[name] = lambda t=trainer, s=state, b=batch: t.train_step(s, b)[1].loss
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        say(f"timing round {round_ + 1}/{repeats}")
+        for name, fn in steps.items():
+            times[name].append(_timed(fn))
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    return {
+        "machine": machine(),
+        "settings": {
+            "preset": config.preset,
+            "arch": config.model.arch,
+            "width": config.model.width,
+            "placement": config.model.placement,
+            "batch_size": config.batch_size,
+            "repeats": repeats,
+            "reference": reference,
+        },
+        "results": {
+            name: {
+                "train_step_s": median[name],
+                "compile_s": compile_s[name],
+                "ratio": median[name] / median[reference],
+            }
+            for name in names
+        },
+    }

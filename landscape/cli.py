@@ -101,6 +101,7 @@ def build_config(
     etas: str | None = None,
     probe_every: int | None = None,
     probe_strategy: str | None = None,
+    placement: str | None = None,
 ) -> RunConfig:
     """Returns the preset with every option given on the command line applied to it."""
     if preset_name not in PRESETS:
@@ -133,7 +134,12 @@ def build_config(
         top["variants"] = parse_list(variants, "--variants")
     model = {
         k: v
-        for k, v in {"arch": arch, "width": width, "conv_impl": conv_impl}.items()
+        for k, v in {
+            "arch": arch,
+            "width": width,
+            "conv_impl": conv_impl,
+            "placement": placement,
+        }.items()
         if v is not None
     }
     opt = {k: v for k, v in {"learning_rate": lr, "name": optimizer}.items() if v is not None}
@@ -186,7 +192,9 @@ def validate(config: RunConfig) -> None:
                 f"unknown variant {variant!r}; choose from standard, {', '.join(n for n in NORMALIZERS if n != 'none')}"
             )
     if config.model.placement not in PLACEMENTS:
-        raise CliError(f"unknown placement {config.model.placement!r}")
+        raise CliError(
+            f"unknown --placement {config.model.placement!r}; choose {' or '.join(PLACEMENTS)}"
+        )
     if config.model.conv_impl not in ("auto", "xla", "shifted"):
         raise CliError(
             f"unknown --conv-impl {config.model.conv_impl!r}; choose auto, xla or shifted"
@@ -434,7 +442,14 @@ VariantsOpt = Annotated[
     str | None,
     typer.Option(
         "--variants",
-        help="Comma-separated variants trained side by side with the same seed and data order. Default: standard,batchnorm.",
+        help="Comma-separated variants trained side by side with the same seed and data order: standard, batchnorm, noisy_batchnorm (BN + Algorithm 1's noise), noisy_none (the noise without BN), l1, l2, linf (l_p normalisation, Sec. 3.3). Default: standard,batchnorm.",
+    ),
+]
+PlacementOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--placement",
+        help="Where each normalisation layer sits: before (default, the paper's: conv, norm, ReLU) or after the ReLU (conv, ReLU, norm).",
     ),
 ]
 ConvOpt = Annotated[
@@ -521,6 +536,7 @@ def train(
     arch: ArchOpt = None,
     width: WidthOpt = None,
     variants: VariantsOpt = None,
+    placement: PlacementOpt = None,
     conv_impl: ConvOpt = None,
     checkpoint_every: CkptOpt = None,
     max_to_keep: KeepOpt = None,
@@ -551,6 +567,7 @@ def probe(
     arch: ArchOpt = None,
     width: WidthOpt = None,
     variants: VariantsOpt = None,
+    placement: PlacementOpt = None,
     conv_impl: ConvOpt = None,
     etas: Annotated[
         str | None,
@@ -776,7 +793,11 @@ def bench(
         ),
     ] = "synthetic",
     variant: Annotated[
-        str, typer.Option("--variant", help="The variant to time: standard or batchnorm.")
+        str,
+        typer.Option(
+            "--variant",
+            help="The variant to time: standard, batchnorm, noisy_batchnorm, noisy_none, l1, l2 or linf.",
+        ),
     ] = "batchnorm",
     width: WidthOpt = None,
     batch_size: BatchOpt = None,

@@ -10,7 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-# Variant names as the paper uses them, mapped to the normalisation layer they select.
+# Variant names as the paper uses them, mapped to the normalisation layer they select. Every other
+# variant is named after its layer in landscape.models.NORMALIZERS: noisy_batchnorm and noisy_none
+# (Algorithm 1's noise with and without BN), l1, l2, linf (Sec. 3.3); see landscape/norms.py.
 VARIANT_NORMS: dict[str, str] = {"standard": "none", "batchnorm": "batchnorm"}
 
 

@@ -8,6 +8,7 @@ collection is simply empty, so the trainer and the probe never branch on the var
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from landscape.config import DLN_DEPTH, dln_depth, is_dln
+from landscape.norms import lp_norm_factory, noisy_norm_factory
 
 # Conv widths of the VGG family (Simonyan & Zisserman 2015, table 1); "M" is a 2x2 max-pool.
 VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
@@ -77,8 +79,8 @@ class Conv3x3(nn.Module):
 
 # --- normalisation layers, chosen by name -----------------------------------------------------
 #
-# A normaliser is a factory ``(train: bool) -> Module | None``. Later variants (noisy BN, l_p
-# normalisation) register here and every model, the trainer and the probe pick them up.
+# A normaliser is a factory ``(train: bool) -> Module | None``. Every name registered here is
+# picked up by every model, the trainer, the probe and the CLI's ``--variants``.
 
 NormFactory = Callable[[bool], nn.Module | None]
 
@@ -94,7 +96,17 @@ def _batchnorm(train: bool) -> nn.Module:
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
 
 
-NORMALIZERS: dict[str, NormFactory] = {"none": _no_norm, "batchnorm": _batchnorm}
+NORMALIZERS: dict[str, NormFactory] = {
+    "none": _no_norm,
+    "batchnorm": _batchnorm,
+    # The paper's other layers (landscape/norms.py): Algorithm 1's noise after BN (Sec. 2.1) or on
+    # the network without BN, and l_p normalisation (Sec. 3.3).
+    "noisy_batchnorm": noisy_norm_factory(batchnorm=True),
+    "noisy_none": noisy_norm_factory(batchnorm=False),
+    "l1": lp_norm_factory(1),
+    "l2": lp_norm_factory(2),
+    "linf": lp_norm_factory(math.inf),
+}
 PLACEMENTS = ("before", "after")  # normalisation before or after the activation
 
 

@@ -1,0 +1,206 @@
+"""The paper's other normalisation layers: "noisy" BatchNorm (Algorithm 1) and l_p normalisation.
+
+Both are small Flax modules registered in ``landscape.models.NORMALIZERS``, so every model, the
+trainer, the probe and the CLI select them by name (``noisy_batchnorm``, ``noisy_none``, ``l1``,
+``l2``, ``linf``). Like BatchNorm they act per unit (the last axis); a convolution's H and W count
+as batch, so "per sample" below means per (n, h, w) position (SPEC, Algorithm 1).
+
+Noisy BatchNorm (Santurkar et al. 2018, Sec. 2.1, Algorithm 1). After BatchNorm (its output,
+scale and shift included), at every training step and for every unit j draw
+``mu_j ~ U(-n_mu, n_mu)`` and ``sigma_j ~ U(1, n_sigma)``; then for every sample i
+``m_ij ~ U(mu_j - r_mu, mu_j + r_mu)`` and ``s_ij ~ N(sigma_j, r_sigma)`` (r_sigma is a standard
+deviation), and ``a_ij <- s_ij a_ij + m_ij``. The noise is drawn from the ``"noise"`` rng stream,
+which the trainer derives from ``fold_in(state.rng, step)``: the training step and the inline probe
+of that step see the same noise, and a run is reproducible. Only in training mode; in eval mode
+the layer is plain BatchNorm with its running averages.
+
+l_p normalisation (Sec. 3.3). Per unit j, with the activations ``a_ij`` of the batch (and H, W),
+``mean_j = mean_i a_ij`` and the l_p statistic of the activations *before* mean shifting
+
+    ``norm_j = (mean_i |a_ij|^p)^(1/p)``  for p = 1, 2;   ``norm_j = max_i |a_ij|`` for p = inf,
+
+the output is ``gamma_j (a_ij - mean_j) / (norm_j + eps) + beta_j``. ``norm_j`` is the l_p norm of
+unit j's vector of batch activations, "averaged over the batch" as a power mean: the l_p norm
+divided by ``count^(1/p)`` (for p = 1 exactly the batch average of ``|a_ij|``; for p = inf the
+maximum). That choice makes the statistic independent of the batch size, as BN's standard
+deviation is, so the output has BN's scale for every p and every batch size; the plain l_p norm
+divided by the count would shrink the denominator like ``count^(1/p - 1)`` and inflate the output
+~count-fold for p = inf. Training mode uses the batch's ``mean_j`` and ``norm_j`` and updates
+running averages of both with BatchNorm's momentum (0.9, i.e. PyTorch's 0.1), stored in
+``batch_stats`` as ``mean`` and ``norm``; eval mode normalises with the running averages.
+
+A unit with a single value per batch (a dense layer on a batch of one) has ``a - mean = 0``:
+every normalised output would be ``beta`` whatever the input, so these layers refuse it in
+training mode with a ValueError at trace time instead of training on nothing. VGG at CIFAR size
+never meets it: its deepest convolutions are 2x2, so a batch of one gives four values per unit.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# BatchNorm's constants (PyTorch's momentum 0.1 == 0.9 here, eps 1e-5), shared by the l_p layers
+# so "running averages update as BN's" holds literally.
+MOMENTUM = 0.9
+EPSILON = 1e-5
+
+
+class NoiseConfig(NamedTuple):
+    """Algorithm 1's constants; the defaults are the paper's."""
+
+    n_mu: float = 0.5  # per-unit mean shift mu_j ~ U(-n_mu, n_mu)
+    n_sigma: float = 1.25  # per-unit scale sigma_j ~ U(1, n_sigma)
+    r_mu: float = 0.1  # per-sample shift m_ij ~ U(mu_j - r_mu, mu_j + r_mu)
+    r_sigma: float = 0.1  # per-sample scale s_ij ~ N(sigma_j, r_sigma), a standard deviation
+
+
+class Algorithm1Noise(NamedTuple):
+    """One draw of Algorithm 1's noise for activations of some shape (..., C)."""
+
+    mu: jax.Array  # (C,) per-unit mean of the shift
+    sigma: jax.Array  # (C,) per-unit mean of the scale
+    shift: jax.Array  # (..., C) m_ij
+    scale: jax.Array  # (..., C) s_ij
+
+
+PAPER_NOISE = NoiseConfig()
+
+
+def draw_noise(
+    key: jax.Array, shape: tuple[int, ...], config: NoiseConfig = PAPER_NOISE, dtype=jnp.float32
+) -> Algorithm1Noise:
+    """Returns Algorithm 1's noise for activations of ``shape`` (last axis = units).
+
+    ``mu``, ``sigma`` have shape ``(shape[-1],)``; ``shift`` (m) and ``scale`` (s) have ``shape``:
+    every leading position (sample, and H, W for convolutions) gets its own m and s.
+    """
+    k_mu, k_sigma, k_shift, k_scale = jax.random.split(key, 4)
+    units = shape[-1:]
+    mu = jax.random.uniform(k_mu, units, dtype, -config.n_mu, config.n_mu)
+    sigma = jax.random.uniform(k_sigma, units, dtype, 1.0, config.n_sigma)
+    shift = mu + jax.random.uniform(k_shift, shape, dtype, -config.r_mu, config.r_mu)
+    scale = sigma + config.r_sigma * jax.random.normal(k_scale, shape, dtype)
+    return Algorithm1Noise(mu, sigma, shift, scale)
+
+
+def _check_batch(x: jax.Array, layer: str) -> None:
+    count = math.prod(x.shape[:-1])
+    if count < 2:
+        raise ValueError(
+            f"{layer} in training mode needs at least 2 values per unit (batch x H x W), got "
+            f"{count}: with one value, x - batch mean is 0 and the output ignores the input; "
+            "use a batch of 2 or more"
+        )
+
+
+class NoisyNorm(nn.Module):
+    """Algorithm 1: BatchNorm (or nothing, ``batchnorm=False``) followed by random scale and shift.
+
+    Returns ``s * BN(x) + m`` in training mode (noise from the ``"noise"`` rng stream), ``BN(x)``
+    with running averages in eval mode.
+    """
+
+    train: bool
+    batchnorm: bool = True
+    noise: NoiseConfig = PAPER_NOISE
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.batchnorm:
+            if self.train:
+                _check_batch(x, "noisy BatchNorm")
+            x = nn.BatchNorm(
+                use_running_average=not self.train, momentum=MOMENTUM, epsilon=EPSILON
+            )(x)
+        if not self.train or self.is_initializing():
+            return x
+        if not self.has_rng("noise"):
+            raise ValueError(
+                "noisy normalisation in training mode needs a 'noise' rng: "
+                "model.apply(..., rngs={'noise': key}) (the trainer passes fold_in(rng, step))"
+            )
+        noise = draw_noise(self.make_rng("noise"), x.shape, self.noise, x.dtype)
+        # Kept only when the caller asks for "intermediates" (the tests check its distribution).
+        self.sow("intermediates", "noise", noise)
+        return noise.scale * x + noise.shift
+
+
+def lp_statistic(x: jax.Array, p: float, axes: tuple[int, ...]) -> jax.Array:
+    """Returns the power-mean l_p statistic over ``axes``: (mean |x|^p)^(1/p), or max |x| for inf.
+
+    Its gradient is finite where every value is 0 (a dead unit after ReLU): the root is only
+    taken where the mean is positive.
+    """
+    magnitude = jnp.abs(x)
+    if p == math.inf:
+        return magnitude.max(axes)
+    if p == 1:
+        return magnitude.mean(axes)
+    moment = (magnitude**p).mean(axes)
+    positive = moment > 0
+    return jnp.where(positive, jnp.where(positive, moment, 1.0) ** (1.0 / p), 0.0)
+
+
+class LpNorm(nn.Module):
+    """l_p normalisation (Sec. 3.3): ``gamma (x - mean) / (norm_p + eps) + beta`` per unit.
+
+    ``mean`` and ``norm_p`` (``lp_statistic`` of x before mean shifting) come from the batch in
+    training mode, which also updates their running averages (``batch_stats``: ``mean``,
+    ``norm``); eval mode uses the running averages. Returns an array of x's shape.
+    """
+
+    p: float
+    train: bool
+    momentum: float = MOMENTUM
+    epsilon: float = EPSILON
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        units = x.shape[-1]
+        axes = tuple(range(x.ndim - 1))
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(units, jnp.float32))
+        ra_norm = self.variable("batch_stats", "norm", lambda: jnp.ones(units, jnp.float32))
+        scale = self.param("scale", nn.initializers.ones, (units,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (units,), jnp.float32)
+        if self.train:
+            _check_batch(x, f"l_{self.p} normalisation")
+            mean, norm = x.mean(axes), lp_statistic(x, self.p, axes)
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * mean
+                ra_norm.value = m * ra_norm.value + (1 - m) * norm
+        else:
+            mean, norm = ra_mean.value, ra_norm.value
+        return (x - mean) / (norm + self.epsilon) * scale + bias
+
+
+# --- factories for the registry in landscape.models ------------------------------------------
+
+
+def noisy_norm_factory(
+    batchnorm: bool = True, noise: NoiseConfig = PAPER_NOISE
+) -> Callable[[bool], nn.Module]:
+    """Returns a normaliser factory ``(train) -> NoisyNorm``; register it under a new name for
+    other constants, e.g. ``register_normalizer("noisy_bn_x2", noisy_norm_factory(noise=
+    NoiseConfig(n_mu=1.0)))``, then ``--variants noisy_bn_x2``."""
+    return functools.partial(_noisy, batchnorm=batchnorm, noise=noise)
+
+
+def _noisy(train: bool, *, batchnorm: bool, noise: NoiseConfig) -> nn.Module:
+    return NoisyNorm(train=train, batchnorm=batchnorm, noise=noise)
+
+
+def lp_norm_factory(p: float) -> Callable[[bool], nn.Module]:
+    """Returns a normaliser factory ``(train) -> LpNorm(p)``."""
+    return functools.partial(_lp, p=p)
+
+
+def _lp(train: bool, *, p: float) -> nn.Module:
+    return LpNorm(p=p, train=train)
