@@ -456,7 +456,7 @@ ConvOpt = Annotated[
     str | None,
     typer.Option(
         "--conv-impl",
-        help="Convolution implementation: auto (default: on CPU XLA's convolution, and shifted slices + one matmul on 2x2 maps, where XLA's is slow; XLA's elsewhere), xla or shifted. Same numbers up to float rounding, different speed.",
+        help="Convolution implementation: auto (default: shifted-matmul on CPU, XLA's elsewhere), xla or shifted. Same numbers, different speed.",
     ),
 ]
 CkptOpt = Annotated[

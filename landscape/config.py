@@ -44,7 +44,7 @@ class ModelConfig:
     width: float = 1.0
     norm: str = "none"
     placement: str = "before"
-    conv_impl: str = "auto"  # "xla", "shifted", or "auto" (per layer, models.auto_conv_impls)
+    conv_impl: str = "auto"  # "xla", "shifted", or "auto" (shifted on CPU, XLA's elsewhere)
 
 
 @dataclass(frozen=True)

@@ -166,25 +166,6 @@ class VGG(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=glorot, bias_init=nn.initializers.zeros)(x)
 
 
-def auto_conv_impls(arch: str, image_size: int = 32, backend: str | None = None) -> tuple[str, ...]:
-    """Returns the fastest measured convolution implementation for each conv of ``arch``.
-
-    On XLA's CPU backend its own convolution is fastest on maps of 4x4 and larger, and the
-    shifted-matmul form on the 2x2 maps of VGG's last block, where XLA's convolution is tens of
-    times slower: VGG-11 at width 1/4, batch 128, one gradient evaluation, side by side on a
-    2-core CPU, took 0.77-0.85x the time of all-shifted and 0.6x that of all-XLA. Elsewhere
-    (GPU, TPU) XLA's (cuDNN's) convolution is used throughout. Both give the same numbers.
-    """
-    backend = backend or jax.default_backend()
-    impls, size = [], image_size
-    for v in VGG_CONFIGS[arch]:
-        if v == "M":
-            size //= 2
-        else:
-            impls.append("shifted" if backend == "cpu" and size < 4 else "xla")
-    return tuple(impls)
-
-
 def create_model(
     arch: str = "vgg11",
     *,
@@ -210,7 +191,9 @@ def create_model(
         raise ValueError(f"unknown placement {placement!r}; choose 'before' or 'after'")
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
-    impl: Any = auto_conv_impls(arch) if conv_impl == "auto" else conv_impl
+    impl: Any = conv_impl
+    if conv_impl == "auto":
+        impl = "shifted" if jax.default_backend() == "cpu" else "xla"
     return VGG(
         depth=arch,
         width=width,
