@@ -48,6 +48,9 @@ def machine() -> dict[str, Any]:
         "device_count": jax.device_count(),
         "jax": jax.__version__,
         "python": platform.python_version(),
+        # Other work on the machine changes absolute times and even ratios (PyTorch's threads
+        # suffer more from sharing cores than XLA's): keep the load beside every figure.
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
