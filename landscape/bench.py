@@ -26,7 +26,7 @@ import numpy as np
 from landscape.checkpoints import Checkpointer
 from landscape.config import RunConfig
 from landscape.data import Dataset
-from landscape.runs import Trainer, make_probe_step
+from landscape.runs import Trainer, make_probe_step, make_train_probe_step
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -92,9 +92,24 @@ def run_bench(
         compile_probe[strategy] = _timed(lambda fn=fn: fn(state, batch, out.grads, out.loss, etas))
         probe_fns[strategy] = fn
 
+    # The fused train+probe program (--fuse), with the first strategy, against the two separate
+    # calls (train step, then probe) that a probed step makes without it.
+    fused_strategy = strategies[0]
+    fused = make_train_probe_step(
+        trainer.train_step, trainer.loss_fn, fused_strategy, config.probe.map_batch_size
+    )
+    say(f"compiling the fused train step + probe ({fused_strategy})")
+    compile_fused = _timed(lambda: fused(state, batch, etas))
+
+    def separate():
+        _, step_out = trainer.train_step(state, batch)
+        return probe_fns[fused_strategy](state, batch, step_out.grads, step_out.loss, etas)
+
     candidates: dict[str, Callable[[], Any]] = {
         "train_step": lambda: trainer.train_step(state, batch)[1].loss,
         "gradient": lambda: grad_only(state.params, state.batch_stats, batch),
+        "separate": separate,
+        "fused": lambda: fused(state, batch, etas),
     }
     for strategy, fn in probe_fns.items():
         candidates[f"probe_{strategy}"] = lambda fn=fn: fn(state, batch, out.grads, out.loss, etas)
@@ -118,6 +133,13 @@ def run_bench(
                 "per_gradient_ratio": median[f"probe_{s}"] / (num_etas * median["gradient"]),
             }
             for s in strategies
+        },
+        "fused": {
+            "strategy": fused_strategy,
+            "run_s": median["fused"],
+            "separate_s": median["separate"],
+            "ratio": median["fused"] / median["separate"],
+            "compile_s": compile_fused,
         },
         "checkpoint": ckpt,
     }
@@ -270,6 +292,10 @@ def result_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     c = r["checkpoint"]
     rows += [
         ("fastest probe strategy", r["fastest_strategy"]),
+        (
+            f"fused train step + probe ({r['fused']['strategy']})",
+            f"{r['fused']['ratio']:.2f} x the two separate calls; compile {r['fused']['compile_s']:.1f} s",
+        ),
         ("probed step (train + probe)", f"{r['probed_step_s'] * 1e3:.0f} ms"),
         *(
             (f"checkpoint every step ({f})", f"{v['overhead_ratio']:.3f} x a step")

@@ -60,7 +60,7 @@ class VariantReport:
     steps_run: int = 0
     probes_run: int = 0
     wall_s: float = 0.0
-    probe_s: float = 0.0
+    probe_s: float = 0.0  # with --fuse: the whole fused train+probe steps
     checkpoint_s: float = 0.0
     compile_s: float = 0.0
 
@@ -206,6 +206,36 @@ def make_probe_step(loss_fn: Callable, strategy: str, map_batch_size: int = 1) -
     return probe_step
 
 
+def make_train_probe_step(
+    train_step: Callable, loss_fn: Callable, strategy: str, map_batch_size: int = 1
+) -> Callable:
+    """Returns jitted ``train_probe_step(state, batch, etas) -> (new_state, StepOutput, result)``.
+
+    The training step and the probe of its starting point in one compiled program (``--fuse``):
+    the gradient is computed once, stays on the device, and there is no dispatch or host
+    round trip between the two. The training part is the same traced function as
+    ``train_step``; the returned ``StepOutput`` has ``grads=None`` (not materialised).
+    """
+
+    @jax.jit
+    def train_probe_step(state: TrainState, batch: dict, etas):
+        new_state, out = train_step(state, batch)
+        result = probe(
+            loss_fn,
+            state.params,
+            step_batch(state, batch),
+            etas,
+            model_state=state.batch_stats,
+            grad=out.grads,
+            loss0=out.loss,
+            strategy=strategy,
+            map_batch_size=map_batch_size,
+        )
+        return new_state, out._replace(grads=None), result
+
+    return train_probe_step
+
+
 @functools.lru_cache(maxsize=16)
 def compiled_functions(
     model_config: ModelConfig,
@@ -214,7 +244,7 @@ def compiled_functions(
     map_batch_size: int,
     num_classes: int,
 ) -> tuple:
-    """Returns (model, optimizer, loss_fn, train_step, eval_step, probe_step) for a config.
+    """Returns (model, optimizer, loss_fn, train_step, eval_step, probe_step, train_probe_step).
 
     Cached, so the variants of a sweep, a resumed run or a re-probe in the same process reuse
     the compiled programs instead of compiling them again.
@@ -223,13 +253,15 @@ def compiled_functions(
     optimizer = make_optimizer(optimizer_config)
     loss = loss_for_arch(model_config.arch)  # the model decides: cross-entropy or squared error
     loss_fn = make_loss_fn(model, loss)
+    train_step = make_train_step(loss_fn, optimizer, loss)
     return (
         model,
         optimizer,
         loss_fn,
-        make_train_step(loss_fn, optimizer, loss),
+        train_step,
         make_eval_step(model, loss),
         make_probe_step(loss_fn, strategy, map_batch_size),
+        make_train_probe_step(train_step, loss_fn, strategy, map_batch_size),
     )
 
 
@@ -274,6 +306,8 @@ class Trainer:
         )
         self.model, self.optimizer, self.loss_fn, self.train_step, self.eval_step = fns[:5]
         self.probe_step = fns[5]
+        # The fused train+probe program (--fuse); the sharded path keeps the two separate.
+        self.train_probe_step = fns[6] if cfg.probe.fuse and self.mesh is None else None
         self.loss = loss_for_arch(cfg.model.arch)  # the name of loss_fn's loss (train.LOSSES)
         if self.mesh is not None:
             self.train_step, self.eval_step, self.probe_step = sharded_functions(
@@ -365,13 +399,23 @@ def train_variant(
                 checkpointer.save(step, state)
                 report.checkpoint_s += time.perf_counter() - t0
             batch = trainer.train_source(step)
-            new_state, out = trainer.train_step(state, batch)
+            probe_now = probing and step % probe_every == 0
+            fused = probe_now and trainer.train_probe_step is not None
+            t_fused = time.perf_counter()
+            if fused:
+                new_state, out, result = trainer.train_probe_step(state, batch, trainer.etas)
+            else:
+                new_state, out = trainer.train_step(state, batch)
             recorder.add_metrics({"step": step, "loss": out.loss, "accuracy": out.accuracy})
             if step == start:  # the first call compiles; time it once
                 t0 = time.perf_counter()
                 jax.block_until_ready(out.loss)
                 report.compile_s += time.perf_counter() - t0
-            if probing and step % probe_every == 0:
+            if fused:
+                # One program: its whole time counts as probing (see VariantReport.probe_s).
+                jax.block_until_ready(result)
+                report.probe_s += time.perf_counter() - t_fused
+            elif probe_now:
                 # The only syncs outside flushes: they split a probed step's time between
                 # training and probing, for the report of the probe's share.
                 jax.block_until_ready(out.loss)
@@ -379,6 +423,7 @@ def train_variant(
                 result = trainer.probe_step(state, batch, out.grads, out.loss, trainer.etas)
                 jax.block_until_ready(result)
                 report.probe_s += time.perf_counter() - t0
+            if probe_now:
                 report.probes_run += 1
                 recorder.add_probe(_probe_row(step, trainer.etas, result))
             state = new_state

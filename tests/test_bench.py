@@ -14,6 +14,7 @@ def test_run_bench_reports_every_quantity(tmp_path, tiny_config, tiny_dataset):
     assert probe["run_s"] > 0 and probe["compile_s"] > 0
     assert probe["per_gradient_ratio"] == probe["run_s"] / (3 * r["gradient_s"])
     assert r["checkpoint"]["overhead_ratio"] > 0 and r["peak_rss_mib"] > 0
+    assert r["fused"]["ratio"] == r["fused"]["run_s"] / r["fused"]["separate_s"] > 0
     assert result["settings"]["num_etas"] == 3 and result["machine"]["backend"] == "cpu"
     run = r["run"]
     assert run["steps"] == 4 and run["steps_per_s"] > 0 and 0 < run["probe_share"] < 1

@@ -184,3 +184,23 @@ def test_limited_evaluation_sees_every_class():
     assert len(seen) == 200 and set(seen.tolist()) == set(range(10))
     everything = np.concatenate([np.asarray(b["label"]) for b in source.chunks(300)])
     assert sorted(everything.tolist()) == sorted(labels.tolist())
+
+
+def test_fused_train_and_probe_gives_the_same_run(tmp_path, tiny_config, tiny_dataset):
+    fused_cfg = with_(tiny_config, probe={"fuse": True})
+    plain, fused = tmp_path / "plain", tmp_path / "fused"
+    run(tiny_config, plain, progress=False, dataset=tiny_dataset)
+    reports = run(fused_cfg, fused, progress=False, dataset=tiny_dataset)
+    assert Trainer(fused_cfg, "standard", tiny_dataset).train_probe_step is not None
+    assert all(r.probes_run == tiny_config.steps for r in reports)
+    for variant in tiny_config.variants:
+        assert_trees_equal(
+            params_of(plain, variant, tiny_config, tiny_dataset),
+            params_of(fused, variant, fused_cfg, tiny_dataset),
+        )
+        rows = read_rows(fused / variant / "probe.jsonl")
+        reference = read_rows(plain / variant / "probe.jsonl")
+        assert len(rows) == len(reference) == tiny_config.steps
+        for a, b in zip(rows, reference, strict=True):
+            np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+            np.testing.assert_allclose(a["grad_dist"], b["grad_dist"], rtol=1e-5)
