@@ -1085,24 +1085,9 @@ def _picture(run_dir: Path, data: str | None, progress: bool, figures: bool, cal
     try:
         dataset = load_dataset(data or config.data, progress=progress)
         if progress:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from landscape.progress import progress_bar
 
-            columns = (
-                TextColumn("[bold]{task.description:<12}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("points"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
-            with Progress(*columns, console=err_console, refresh_per_second=4) as bar:
+            with progress_bar("points", console=err_console) as bar:
                 tasks: dict[str, int] = {}
 
                 def on_progress(variant: str, done: int, total: int) -> None:
@@ -1628,23 +1613,9 @@ class _HessianProgress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from landscape.progress import progress_bar
 
-            self.bar = Progress(
-                TextColumn("[bold]hessian"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[last]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
+            self.bar = progress_bar("{task.fields[last]}", name="hessian")
             self.bar.__enter__()
         return self.on_plan, self.on_record
 

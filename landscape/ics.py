@@ -382,22 +382,8 @@ def progress_bar(enabled: bool, totals: Sequence[tuple[str, int]]) -> Iterator[C
     if not enabled:
         yield lambda variant: None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from landscape.progress import progress_bar
 
-    columns = (
-        TextColumn("[bold]{task.description:<12}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, refresh_per_second=4) as bar:
+    with progress_bar() as bar:
         tasks = {v: bar.add_task(v, total=n) for v, n in totals}
         yield lambda variant: bar.advance(tasks[variant])

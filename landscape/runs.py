@@ -462,25 +462,10 @@ def _progress(enabled: bool, total: int, variants: list[str]) -> Iterator[Callab
     if not enabled:
         yield lambda variant: None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from landscape.progress import progress_bar
 
-    columns = (
-        TextColumn("[bold]{task.description:<12}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TextColumn("loss {task.fields[loss]} acc {task.fields[acc]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, refresh_per_second=4) as bar:
+    bar_columns = ("{task.fields[rate]}", "loss {task.fields[loss]} acc {task.fields[acc]}")
+    with progress_bar(*bar_columns) as bar:
         tasks = {
             v: bar.add_task(v, total=total, start=False, rate="", loss="-", acc="-")
             for v in variants
