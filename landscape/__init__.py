@@ -21,6 +21,11 @@ _EXPORTS = {
     "reprobe": "landscape.runs",
     "load": "landscape.results",
     "load_metrics": "landscape.results",
+    "internal_covariate_shift": "landscape.ics",
+    "sharpness_over_training": "landscape.curvature",
+    "surface": "landscape.surfaces",
+    "interpolate": "landscape.surfaces",
+    "run_sweep": "landscape.sweep",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
