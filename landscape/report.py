@@ -386,7 +386,10 @@ _SHIFT_CAPTIONS = {
 
 
 def _ics_table(records: dict) -> str:
-    head = ["variant", "layer", "steps", "median ‖G − G′‖", "median cos(G, G′)", "median ‖G‖"]
+    head = [
+        *("variant", "layer", "steps", "median ‖G − G′‖", "median cos(G, G′)", "median ‖G‖"),
+        "median ‖G − G′‖/‖G‖",
+    ]
     out = ["<table>", "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"]
     for variant, layers in records.items():
         for layer, r in layers.items():
@@ -394,7 +397,10 @@ def _ics_table(records: dict) -> str:
                 f"{_esc(plots.variant_label(variant))}",
                 f"{layer} ({_esc(r.get('name', ''))})",
                 str(len(r["step"])),
-                *(format_value(np.nanmedian(r[k])) for k in ("dist", "cosine", "grad_norm")),
+                *(
+                    format_value(np.nanmedian(r[k]))
+                    for k in ("dist", "cosine", "grad_norm", "relative")
+                ),
             ]
             out.append(
                 "<tr>"

@@ -245,8 +245,15 @@ def load_layer_records(
 
 def load_ics(run_dir: str | os.PathLike) -> dict[str, dict[int, dict[str, Any]]]:
     """Loads ``ics.jsonl`` (``landscape ics``): per variant and layer number, over steps,
-    ``dist`` = ||G - G'||, ``cosine`` = cos(G, G'), ``grad_norm``, ``shifted_grad_norm``."""
-    return load_layer_records(run_dir, ICS_FILE, ICS_FIELDS)
+    ``dist`` = ||G - G'||, ``cosine`` = cos(G, G'), ``grad_norm``, ``shifted_grad_norm``, and
+    ``relative`` = ||G - G'|| / ||G||: the shift in units of the gradient's own size, which
+    compares networks whose gradients differ in scale (BatchNorm's and the standard one's)."""
+    records = load_layer_records(run_dir, ICS_FILE, ICS_FIELDS)
+    for layers in records.values():
+        for r in layers.values():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r["relative"] = np.asarray(r["dist"], float) / np.asarray(r["grad_norm"], float)
+    return records
 
 
 def load_activations(run_dir: str | os.PathLike) -> dict[str, dict[int, dict[str, Any]]]:

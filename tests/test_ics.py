@@ -254,6 +254,9 @@ def test_ics_command(keep_all_run):
     records = load_ics(keep_all_run)["batchnorm"]
     assert set(records) >= {2, 9} and records[9]["name"] == "classifier"
     np.testing.assert_array_equal(records[2]["step"], [0, 3, 6])
+    r = records[9]  # the shift in units of the gradient's size
+    np.testing.assert_allclose(r["relative"], np.asarray(r["dist"]) / np.asarray(r["grad_norm"]))
+    assert np.all(np.asarray(r["relative"]) > 0)
     for bad, message in (
         (["ics", str(keep_all_run / "nothing")], "not a landscape run"),
         (["ics", str(keep_all_run), "--layers", "10"], "numbered 1..9"),
