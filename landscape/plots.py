@@ -800,28 +800,36 @@ def ics_figure(records: LayerRecords, layers: Sequence[int] | None = None) -> Fi
     ``records`` is ``landscape.results.load_ics(run_dir)``. One row per layer (default: the
     recorded layers nearest to the paper's #5 and #10, see ``FIGURE3_LAYERS``): (a) the ℓ2
     difference ‖G − G'‖ of the layer's gradient before and after the preceding layers' update
-    (ideally 0; log scale), (b) the cosine of the angle between G and G' (ideally 1), variants
-    overlaid.
+    (ideally 0; log scale), (b) the same relative to ‖G‖, which compares networks whose
+    gradients differ in scale, (c) the cosine of the angle between G and G' (ideally 1),
+    variants overlaid.
     """
     available = _recorded_layers(records)
     chosen = nearest_layers(available, FIGURE3_LAYERS if layers is None else layers)
-    fig, axes = _new_figure(2, max(len(chosen), 1))
+    fig, axes = _new_figure(3, max(len(chosen), 1))
     for row, layer in enumerate(chosen):
-        ax_dist, ax_cos = axes[row]
+        ax_dist, ax_rel, ax_cos = axes[row]
         for variant, rec in records.items():
             if layer not in rec:
                 continue
             r, color = rec[layer], variant_color(variant)
-            ax_dist.plot(r["step"], _for_log(r["dist"]), color=color, lw=1.3, marker=".", ms=3)
-            ax_cos.plot(r["step"], r["cosine"], color=color, lw=1.3, marker=".", ms=3)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                relative = np.asarray(r["dist"], float) / np.asarray(r["grad_norm"], float)
+            style = {"color": color, "lw": 1.3, "marker": ".", "ms": 3}
+            ax_dist.plot(r["step"], _for_log(r["dist"]), **style)
+            ax_rel.plot(r["step"], _for_log(relative), **style)
+            ax_cos.plot(r["step"], r["cosine"], **style)
         title = _layer_title(records, layer)
         ax_dist.set_title(f"{title}: ℓ2 difference")
+        ax_rel.set_title(f"{title}: relative to ‖G‖")
         ax_cos.set_title(f"{title}: cosine angle")
         ax_dist.set_ylabel("‖G − G′‖₂")
+        ax_rel.set_ylabel("‖G − G′‖₂ / ‖G‖₂")
         ax_cos.set_ylabel("cos(G, G′)")
         if np.any([np.any(_for_log(r[layer]["dist"]) > 0) for r in records.values() if layer in r]):
             _log_axis(ax_dist)
-        for ax in (ax_dist, ax_cos):
+            _log_axis(ax_rel)
+        for ax in (ax_dist, ax_rel, ax_cos):
             ax.set_xlabel("training step")
             ax.grid(True, alpha=0.3)
     if not chosen:

@@ -371,7 +371,8 @@ _SHIFT_CAPTIONS = {
         "The paper's Figure 3 (Definition 2.1). For layer i at step t, G is the gradient of the "
         "loss with respect to the layer's parameters and G′ the same gradient, on the same batch, "
         "after every preceding layer took the update the optimiser actually made at step t. Left: "
-        "‖G − G′‖ (ideally 0); right: cos(G, G′) (ideally 1). The paper's #5 and #10 are drawn as "
+        "‖G − G′‖ (ideally 0); middle: ‖G − G′‖/‖G‖, which compares networks whose gradients "
+        "differ in scale; right: cos(G, G′) (ideally 1). The paper's #5 and #10 are drawn as "
         "our layer 5 and the nearest recorded layer to 10 (VGG-11 has 9: conv 1-8 and the "
         "classifier); BatchNorm in training mode on the step's batch."
     ),

@@ -296,9 +296,14 @@ def test_ics_figure_draws_the_papers_layers():
 
     fig = ics_figure(_fake_ics())
     axes = fig.axes
-    assert len(axes) == 4  # layers 5 and 9 (the recorded layer nearest to the paper's #10)
-    assert "layer #5" in axes[0].get_title() and "layer #9" in axes[2].get_title()
-    colors = {line.get_color() for line in axes[1].lines}
+    assert len(axes) == 6  # layers 5 and 9 (the recorded layer nearest to the paper's #10)
+    assert "layer #5" in axes[0].get_title() and "layer #9" in axes[3].get_title()
+    colors = {line.get_color() for line in axes[2].lines}
     assert colors == {variant_color("standard"), variant_color("batchnorm")}
-    np.testing.assert_allclose(axes[1].lines[1].get_ydata(), 0.7)
-    assert len(ics_figure(_fake_ics(), layers=[1]).axes) == 2
+    np.testing.assert_allclose(axes[2].lines[1].get_ydata(), 0.7)  # the cosine
+    # The relative panel: dist / grad_norm (grad_norm 2 here for the second variant).
+    fake = _fake_ics()
+    fake["batchnorm"][5]["grad_norm"] = np.full(5, 2.0)
+    rel = ics_figure(fake).axes[1].lines[1].get_ydata()
+    np.testing.assert_allclose(rel, fake["batchnorm"][5]["dist"] / 2.0)
+    assert len(ics_figure(_fake_ics(), layers=[1]).axes) == 3
