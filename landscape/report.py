@@ -386,6 +386,13 @@ _SHIFT_CAPTIONS = {
 }
 
 
+def _median(values) -> float:
+    """Returns the median of the finite values, NaN (without a warning) when there are none."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else float("nan")
+
+
 def _ics_table(records: dict) -> str:
     head = [
         *("variant", "layer", "steps", "median ‖G − G′‖", "median cos(G, G′)", "median ‖G‖"),
@@ -398,10 +405,7 @@ def _ics_table(records: dict) -> str:
                 f"{_esc(plots.variant_label(variant))}",
                 f"{layer} ({_esc(r.get('name', ''))})",
                 str(len(r["step"])),
-                *(
-                    format_value(np.nanmedian(r[k]))
-                    for k in ("dist", "cosine", "grad_norm", "relative")
-                ),
+                *(format_value(_median(r[k])) for k in ("dist", "cosine", "grad_norm", "relative")),
             ]
             out.append(
                 "<tr>"
