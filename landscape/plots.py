@@ -305,6 +305,11 @@ def loss_landscape_figure(
 # --- Figure 1: training curves -----------------------------------------------------------------
 
 
+def _say_empty(ax, text: str) -> None:
+    """Writes ``text`` in the middle of an axis that has nothing to draw."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
 def training_curves_figure(
     metrics: dict[str, dict[str, dict[str, np.ndarray]]], *, smooth: int | None = None
 ) -> Figure:
@@ -357,15 +362,7 @@ def training_curves_figure(
         ax.set_xlabel("training step")
         ax.grid(True, alpha=0.3)
     if not any_test:
-        ax_test.text(
-            0.5,
-            0.5,
-            "no evaluation recorded",
-            transform=ax_test.transAxes,
-            ha="center",
-            va="center",
-            color="0.4",
-        )
+        _say_empty(ax_test, "no evaluation recorded")
     _figure_legend(fig, _legend_handles(metrics))
     return fig
 
@@ -1084,15 +1081,7 @@ def dln_training_curves_figure(
         ax.set_xlabel("training step")
         ax.grid(True, which="major", alpha=0.3)
     if not any_test:
-        ax_test.text(
-            0.5,
-            0.5,
-            "no evaluation recorded",
-            transform=ax_test.transAxes,
-            ha="center",
-            va="center",
-            color="0.4",
-        )
+        _say_empty(ax_test, "no evaluation recorded")
     _figure_legend(fig, _legend_handles(metrics))
     return fig
 

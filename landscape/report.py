@@ -386,6 +386,17 @@ _SHIFT_CAPTIONS = {
 }
 
 
+def _row(cells: list[str]) -> str:
+    """Returns a table row: the first two cells as text (names), the rest right-aligned numbers."""
+    return (
+        "<tr>"
+        + "".join(
+            f'<td class="num">{c}</td>' if i > 1 else f"<td>{c}</td>" for i, c in enumerate(cells)
+        )
+        + "</tr>"
+    )
+
+
 def _median(values) -> float:
     """Returns the median of the finite values, NaN (without a warning) when there are none."""
     values = np.asarray(values, dtype=float)
@@ -407,14 +418,7 @@ def _ics_table(records: dict) -> str:
                 str(len(r["step"])),
                 *(format_value(_median(r[k])) for k in ("dist", "cosine", "grad_norm", "relative")),
             ]
-            out.append(
-                "<tr>"
-                + "".join(
-                    f'<td class="num">{c}</td>' if i > 1 else f"<td>{c}</td>"
-                    for i, c in enumerate(cells)
-                )
-                + "</tr>"
-            )
+            out.append(_row(cells))
     out.append("</table>")
     return "\n".join(out)
 
@@ -475,14 +479,7 @@ def _curvature_section(run_dir: Path) -> list[str]:
             str(len(rec["step"])),
             *(_esc(format_value(medians[variant][key])) for key, _ in _CURVATURE_COLUMNS),
         ]
-        out.append(
-            "<tr>"
-            + "".join(
-                f'<td class="num">{c}</td>' if i > 1 else f"<td>{c}</td>"
-                for i, c in enumerate(cells)
-            )
-            + "</tr>"
-        )
+        out.append(_row(cells))
     if "standard" in medians and "batchnorm" in medians:
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = [
