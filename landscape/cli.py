@@ -300,6 +300,7 @@ def _run_command(
     progress: bool,
     figures: bool,
     devices: int | str = "all",
+    reuse: list[Path] | None = None,
 ) -> None:
     from landscape.data import DataError
     from landscape.runs import RunError, run
@@ -320,6 +321,8 @@ def _run_command(
             probe_enabled=probe_enabled,
             progress=progress,
             devices=devices,
+            reuse=reuse or (),
+            say=lambda line: console.print(line, highlight=False),
         )
     except (DataError, RunError) as err:
         fail(str(err))
@@ -506,6 +509,13 @@ ResumeOpt = Annotated[
         help="Continue the run in this directory from its newest checkpoint with its saved settings (bit-identical to an uninterrupted run); only --steps (to extend it) and --data (the same data, moved) may change.",
     ),
 ]
+ReuseOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--reuse",
+        help="A finished run to take variants from instead of training them again (repeatable): a variant is copied when that run trained it with the same settings (all but --variants, the data's path and the preset's name) on the same data (sha256) to the last step. Runs are deterministic, so the copy equals a rerun. Other variants train as usual; each is reported.",
+    ),
+]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing run directory.")
 ]
@@ -549,6 +559,7 @@ def train(
     eval_every: EvalOpt = None,
     resume: ResumeOpt = None,
     overwrite: OverwriteOpt = False,
+    reuse: ReuseOpt = None,
     devices: DevicesOpt = "all",
     distributed: DistributedOpt = False,
     progress: ProgressOpt = True,
@@ -608,6 +619,7 @@ def probe(
     eval_every: EvalOpt = None,
     resume: ResumeOpt = None,
     overwrite: OverwriteOpt = False,
+    reuse: ReuseOpt = None,
     from_run: Annotated[
         Path | None,
         typer.Option(
@@ -633,6 +645,7 @@ def _start(options: dict, *, probe_enabled: bool) -> None:
     """Runs ``train`` or ``probe`` from the command's options (a copy of its ``locals()``)."""
     options = dict(options)
     out, resume, overwrite = options.pop("out"), options.pop("resume"), options.pop("overwrite")
+    reuse = options.pop("reuse") or []
     progress, figures = options.pop("progress"), options.pop("figures", False)
     from_run = options.pop("from_run", None)
     devices, distributed = options.pop("devices"), options.pop("distributed")
@@ -660,6 +673,7 @@ def _start(options: dict, *, probe_enabled: bool) -> None:
             progress=progress,
             figures=figures,
             devices=devices,
+            reuse=reuse,
         )
     except CliError as err:
         fail(str(err))

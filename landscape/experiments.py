@@ -116,8 +116,10 @@ def variables_for(
 ) -> dict[str, str]:
     """Returns the placeholder values: file defaults < the preset's < ``overrides``.
 
-    ``{preset}``, ``{out}`` and ``{data}`` are always defined; ``data`` defaults to the preset's
-    value or, failing that, to ``cifar10`` (the CLI's own resolution: $LANDSCAPE_DATA, cache).
+    ``{preset}``, ``{out}``, ``{root}`` (the folder holding ``out``, where sibling experiments
+    write by default) and ``{data}`` are always defined; ``data`` defaults to the preset's value
+    or, failing that, to ``cifar10`` (the CLI's own resolution: $LANDSCAPE_DATA, cache). Other
+    variables may use those four in their values.
     """
     if experiment.presets and preset not in experiment.presets:
         raise ExperimentError(
@@ -130,6 +132,12 @@ def variables_for(
     if data is not None:
         values["data"] = data
     values["out"] = str(out)
+    values["root"] = str(Path(out).parent)
+    # A variable may itself name the fixed ones, e.g. reuse = "{root}/figure1_4_smoothness-{preset}/vgg".
+    fixed = {k: values[k] for k in ("preset", "data", "out", "root")}
+    for key, value in values.items():
+        if key not in fixed and "{" in value:
+            values[key] = _fill(value, fixed, f"{experiment.path.name}, variable {key!r}")
     return values
 
 

@@ -14,7 +14,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,6 +63,7 @@ class VariantReport:
     probe_s: float = 0.0  # with --fuse: the whole fused train+probe steps
     checkpoint_s: float = 0.0
     compile_s: float = 0.0
+    reused_from: str | None = None  # the run directory this variant was copied from (--reuse)
 
 
 # --- the run directory ------------------------------------------------------------------------
@@ -127,6 +128,99 @@ def provenance(dataset: Dataset, config: RunConfig) -> dict[str, Any]:
         "train_examples": int(dataset.train_images.shape[0]),
         "test_examples": int(dataset.test_images.shape[0]),
     }
+
+
+# --- reusing a variant trained before --------------------------------------------------------
+
+# What a reused variant brings along: what training wrote, not later analyses (ICS, curvature,
+# surfaces, re-probes), which the new run computes itself with its own options.
+_TRAINING_OUTPUTS = (METRICS_FILE, PROBE_FILE)
+# Settings that do not change what is trained: the variant list, where the data lies (its
+# checksum is compared instead) and the preset's name.
+_REUSE_IGNORES = ("variants", "data", "preset")
+
+
+def reuse_mismatch(source: Path, variant: str, config: RunConfig, dataset: Dataset) -> str | None:
+    """Returns why ``source/variant`` cannot stand in for training ``variant`` now, or None.
+
+    It can when ``source`` is a run with the same settings (all but the variant list, the data's
+    path and the preset's name), trained on the same data (sha256) and finished: its newest
+    checkpoint is the last step and its final evaluation was recorded. Runs are deterministic
+    (same seed, same data order, same compiled program), so the copy equals a rerun.
+    """
+    if not (source / "config.json").exists():
+        return f"{source} is not a landscape run"
+    if variant not in load_config(source).variants or not (source / variant).is_dir():
+        return f"{source} has no {variant!r}"
+    saved = load_config(source).to_dict()
+    wanted = {k: v for k, v in config.to_dict().items() if k not in _REUSE_IGNORES}
+    difference = _first_difference(saved, wanted)
+    if difference is not None:
+        return f"{source} was run with other settings ({difference})"
+    provenance_path = source / "provenance.json"
+    saved_sha = (
+        json.loads(provenance_path.read_text()).get("dataset_sha256")
+        if provenance_path.exists()
+        else None
+    )
+    if saved_sha != dataset.checksum:
+        return f"{source} was trained on other data"
+    if config.checkpoint.enabled:
+        ckpt_dir = source / variant / "checkpoints"
+        latest = None
+        if ckpt_dir.is_dir():
+            checkpointer = Checkpointer(ckpt_dir, config.checkpoint)
+            latest = checkpointer.latest_step()
+            checkpointer.close()
+        if latest != config.steps:
+            return (
+                f"{source}/{variant} is not finished (newest checkpoint {latest} of {config.steps})"
+            )
+    metrics = source / variant / METRICS_FILE
+    rows = (
+        [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    )
+    if not any(r.get("step") == config.steps and "test_accuracy" in r for r in rows):
+        return f"{source}/{variant} has no final evaluation at step {config.steps}"
+    return None
+
+
+def _first_difference(saved: dict, wanted: dict, prefix: str = "") -> str | None:
+    """Returns ``"key: saved vs wanted"`` for the first setting of ``wanted`` that differs."""
+    for key, value in wanted.items():
+        other = saved.get(key)
+        if isinstance(value, dict) and isinstance(other, dict):
+            found = _first_difference(other, value, f"{prefix}{key}.")
+            if found is not None:
+                return found
+        elif other != value:
+            return f"{prefix}{key}: {other} vs {value}"
+    return None
+
+
+def copy_variant(source: Path, target: Path) -> None:
+    """Copies a finished variant's checkpoints and training records from ``source`` to ``target``.
+
+    Checkpoint files are hard-linked where the file system allows (they are never modified in
+    place), copied otherwise. The copy is made under a temporary name and renamed, so an
+    interruption never leaves a half-copied variant that looks finished.
+    """
+    partial = target.with_name(target.name + ".reuse-partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    if (source / "checkpoints").is_dir():
+        shutil.copytree(source / "checkpoints", partial / "checkpoints", copy_function=link_or_copy)
+    for name in _TRAINING_OUTPUTS:
+        if (source / name).exists():
+            shutil.copy2(source / name, partial / name)
+    partial.rename(target)
 
 
 # --- the loop and its hooks -------------------------------------------------------------------
@@ -501,11 +595,16 @@ def run(
     progress: bool = True,
     dataset: Dataset | None = None,
     devices: int | str | None = None,
+    reuse: Sequence[str | os.PathLike] = (),
+    say: Callable[[str], None] | None = None,
 ) -> list[VariantReport]:
     """Trains (and probes) every variant of ``config`` into ``run_dir``.
 
     Returns one ``VariantReport`` per variant. Records, checkpoints, ``config.json`` and
     ``provenance.json`` are written as the run goes, so an interrupted run can be resumed.
+    A variant that one of the ``reuse`` runs already finished with the same settings and data
+    (``reuse_mismatch``) is copied from it instead of trained again; ``say`` gets one line
+    for each variant reused or not.
     ``devices`` (a number or ``"all"``, the default) spreads each step over that many devices
     (``landscape.sharding``); one device runs the single-device code. In a multi-host run only
     process 0 writes records and progress.
@@ -536,8 +635,12 @@ def run(
             (run_dir / "provenance.json").write_text(json.dumps(facts, indent=2) + "\n")
     sharding.sync("run directory ready")  # other hosts wait for process 0 to prepare it
     reports = []
-    with _progress(progress, config.steps, list(config.variants)) as make_callback:
-        for variant in config.variants:
+    reused = _reuse_variants(run_dir, config, dataset, reuse, say) if primary and reuse else {}
+    sharding.sync("reused variants copied")
+    reports.extend(VariantReport(v, reused_from=str(src)) for v, src in reused.items())
+    to_train = [v for v in config.variants if v not in reused]
+    with _progress(progress, config.steps, to_train) as make_callback:
+        for variant in to_train:
             trainer = Trainer(config, variant, dataset, mesh)
             reports.append(
                 train_variant(
@@ -549,6 +652,42 @@ def run(
                 )
             )
     return reports
+
+
+def _reuse_variants(
+    run_dir: Path,
+    config: RunConfig,
+    dataset: Dataset,
+    sources: Sequence[str | os.PathLike],
+    say: Callable[[str], None] | None,
+) -> dict[str, Path]:
+    """Copies each variant not yet started in ``run_dir`` from the first source that finished it.
+
+    Returns the variants copied and where from. Reuse is an optimisation: a source that does not
+    exist or does not match is reported through ``say`` and the variant is trained as usual.
+    """
+    reused = {}
+    for variant in config.variants:
+        target = run_dir / variant
+        if target.exists():
+            continue  # begun in this directory already (a resumed run): continue it here
+        reasons = []
+        for source in map(Path, sources):
+            if not source.exists():
+                reasons.append(f"{source} does not exist")
+                continue
+            reason = reuse_mismatch(source, variant, config, dataset)
+            if reason is None:
+                copy_variant(source / variant, target)
+                reused[variant] = source
+                break
+            reasons.append(reason)
+        if say is not None:
+            if variant in reused:
+                say(f"{variant}: reused from {reused[variant]} (same settings and data, finished)")
+            else:
+                say(f"{variant}: trained here; not reused: {'; '.join(reasons)}")
+    return reused
 
 
 def check_model_fits_data(config: RunConfig, dataset: Dataset) -> None:

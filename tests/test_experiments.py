@@ -139,3 +139,16 @@ def test_shipped_experiment_files_resolve(tmp_path):
         for preset in exp.presets or {"quick": {}}:
             steps = resolve(exp, variables_for(exp, preset, tmp_path, None))
             assert steps and all(step.run for step in steps), path.name
+
+
+def test_variables_may_name_the_fixed_placeholders(tmp_path):
+    """A [vars] value such as reuse = "{root}/figure1_4_smoothness-{preset}/vgg" is filled in,
+    so the shipped files find figure 1+4's run beside their own output folder."""
+    exp = load_experiment(REPO / "experiments" / "figure2_8_noisy_bn.toml")
+    values = variables_for(exp, "quick", tmp_path / "figure2_8_noisy_bn-quick", None)
+    assert values["root"] == str(tmp_path)
+    assert values["reuse"] == f"{tmp_path}/figure1_4_smoothness-quick/vgg"
+    run = resolve(exp, values)[0].run
+    assert run[run.index("--reuse") + 1] == values["reuse"]
+    overridden = variables_for(exp, "quick", tmp_path / "x", None, {"reuse": "elsewhere"})
+    assert overridden["reuse"] == "elsewhere"

@@ -1,6 +1,7 @@
 """Trainer: learning, checkpoints, resume equality, retention, probe on/off equality."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -204,3 +205,68 @@ def test_fused_train_and_probe_gives_the_same_run(tmp_path, tiny_config, tiny_da
         for a, b in zip(rows, reference, strict=True):
             np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
             np.testing.assert_allclose(a["grad_dist"], b["grad_dist"], rtol=1e-5)
+
+
+def test_reuse_copies_a_finished_identical_variant_and_trains_the_rest(
+    tmp_path, tiny_config, tiny_dataset
+):
+    """--reuse: a finished variant with the same settings and data is copied, bit-identical to a
+    rerun; a variant the source lacks is trained; settings that differ forbid the copy."""
+    cfg = tiny_config.replace(steps=4, variants=("standard",))
+    source = tmp_path / "source"
+    run(cfg, source, progress=False, dataset=tiny_dataset)
+    both = cfg.replace(variants=("standard", "batchnorm"))
+    lines: list[str] = []
+    reports = run(
+        both,
+        tmp_path / "new",
+        progress=False,
+        dataset=tiny_dataset,
+        reuse=[source],
+        say=lines.append,
+    )
+    assert [r.reused_from for r in reports] == [str(source), None]
+    assert reports[1].steps_run == 4
+    assert lines[0].startswith("standard: reused from") and "no 'batchnorm'" in lines[1]
+    fresh = tmp_path / "fresh"
+    run(both, fresh, progress=False, dataset=tiny_dataset)
+    for name in ("metrics.jsonl", "probe.jsonl"):
+        assert (tmp_path / "new/standard" / name).read_text() == (
+            fresh / "standard" / name
+        ).read_text()
+    assert sorted(os.listdir(tmp_path / "new/standard/checkpoints")) == sorted(
+        os.listdir(fresh / "standard/checkpoints")
+    )
+    assert not list(tmp_path.glob("new/*.reuse-partial"))
+    assert_trees_equal(
+        params_of(tmp_path / "new", "standard", cfg, tiny_dataset),
+        params_of(fresh, "standard", cfg, tiny_dataset),
+    )
+
+    other = both.replace(seed=cfg.seed + 1)
+    lines.clear()
+    reports = run(
+        other,
+        tmp_path / "other",
+        progress=False,
+        dataset=tiny_dataset,
+        reuse=[source, tmp_path / "nope"],
+        say=lines.append,
+    )
+    assert all(r.reused_from is None for r in reports)
+    assert "other settings (seed" in lines[0] and "does not exist" in lines[0]
+
+
+def test_reuse_refuses_an_unfinished_variant(tmp_path, tiny_config, tiny_dataset):
+    cfg = tiny_config.replace(steps=3, variants=("standard",))
+    run(cfg, tmp_path / "short", progress=False, dataset=tiny_dataset)
+    lines: list[str] = []
+    run(
+        cfg.replace(steps=5),
+        tmp_path / "long",
+        progress=False,
+        dataset=tiny_dataset,
+        reuse=[tmp_path / "short"],
+        say=lines.append,
+    )
+    assert "trained here" in lines[0] and "steps" in lines[0]
