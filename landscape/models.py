@@ -126,6 +126,29 @@ def make_norm(name: str, train: bool) -> nn.Module | None:
     return factory(train)
 
 
+def _first_max(a: jax.Array, b: jax.Array) -> jax.Array:
+    # ``a`` wins ties (and a NaN in either propagates), so the gradient goes to the first maximum.
+    return jnp.where((a >= b) | jnp.isnan(a), a, b)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """Returns the 2x2 max-pool of ``x`` (batch, H, W, C) with stride 2: (batch, H//2, W//2, C).
+
+    The same values and the same gradient as ``nn.max_pool(x, (2, 2), strides=(2, 2))``: a tie
+    sends the gradient to the first maximum in row-major order, as XLA's select-and-scatter and
+    PyTorch do. Written as three element-wise comparisons of the window's four slices, because
+    the gradient of ``reduce_window`` (select-and-scatter) is slow on XLA's CPU backend: the
+    quick network's pooling layers took 8-20x longer forward and backward that way (2-core CPU).
+    An odd row or column is dropped, as VALID pooling does.
+    """
+    b, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    window = x[:, : 2 * h2, : 2 * w2].reshape(b, h2, 2, w2, 2, c)
+    top = _first_max(window[:, :, 0, :, 0], window[:, :, 0, :, 1])
+    bottom = _first_max(window[:, :, 1, :, 0], window[:, :, 1, :, 1])
+    return _first_max(top, bottom)
+
+
 class VGG(nn.Module):
     """VGG at CIFAR size: conv blocks from ``VGG_CONFIGS``, then one linear classifier.
 
@@ -149,7 +172,7 @@ class VGG(nn.Module):
         conv_index = 0
         for v in layers:
             if v == "M":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
                 continue
             x = Conv3x3(scaled_width(int(v), self.width), impl=impls[conv_index])(x)
             conv_index += 1

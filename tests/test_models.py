@@ -1,5 +1,6 @@
 """Models: parameter counts, shapes, and BatchNorm's train/eval behaviour (SPEC, seed notes)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,3 +106,28 @@ def test_unknown_names_give_clear_errors():
         create_model("vgg11", norm="groupnorm")
     with pytest.raises(ValueError, match="unknown architecture"):
         create_model("vgg7")
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8, 4), (2, 7, 5, 3), (1, 2, 2, 1)])
+def test_max_pool_equals_flax_in_value_and_gradient_even_with_ties(shape):
+    """max_pool_2x2 is nn.max_pool(2x2, stride 2) exactly: values, and gradients that go to the
+    first maximum of a tied window (rounded inputs tie often), odd sizes cropped as VALID does."""
+    from landscape.models import max_pool_2x2
+
+    x = jax.random.normal(jax.random.key(1), shape)
+    ties = jnp.round(x)
+    weights = jax.random.normal(
+        jax.random.key(2), (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+    )
+
+    def flax_pool(v):
+        return nn.max_pool(v, (2, 2), strides=(2, 2))
+
+    for v in (x, ties, jnp.zeros(shape)):
+        np.testing.assert_array_equal(max_pool_2x2(v), flax_pool(v))
+        ours = jax.grad(lambda u: jnp.sum(weights * max_pool_2x2(u)))(v)
+        theirs = jax.grad(lambda u: jnp.sum(weights * flax_pool(u)))(v)
+        np.testing.assert_array_equal(ours, theirs)
+    assert int(jnp.sum(jax.grad(lambda u: jnp.sum(max_pool_2x2(u)))(ties) != 0)) <= weights.size
+    for i, j in ((0, 0), (0, 1), (1, 1)):  # a NaN anywhere in a window propagates, as in flax
+        assert bool(jnp.isnan(max_pool_2x2(x.at[0, i, j, 0].set(jnp.nan))[0, 0, 0, 0]))
