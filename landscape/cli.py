@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from landscape.config import PRESETS, RunConfig, is_dln, preset
+from landscape.config import NOISE_MINIMUM, PRESETS, RunConfig, is_dln, preset
 
 app = typer.Typer(
     help=(
@@ -72,6 +73,14 @@ def parse_list(text: str, option: str) -> tuple[str, ...]:
     return items
 
 
+def parse_number(text: str | float, option: str) -> float:
+    """Parses a number given as text (the --noise-* options), or raises CliError in one line."""
+    try:
+        return float(text)
+    except ValueError:
+        raise CliError(f"{option} {text!r} is not a number") from None
+
+
 def _positive(name: str, value: int | float | None, allow_zero: bool = False) -> None:
     if value is not None and (value < 0 or (value == 0 and not allow_zero)):
         raise CliError(
@@ -103,8 +112,16 @@ def build_config(
     probe_strategy: str | None = None,
     placement: str | None = None,
     fuse: bool | None = None,
+    noise_mu: str | None = None,
+    noise_sigma: str | None = None,
+    noise_r_mu: str | None = None,
+    noise_r_sigma: str | None = None,
 ) -> RunConfig:
-    """Returns the preset with every option given on the command line applied to it."""
+    """Returns the preset with every option given on the command line applied to it.
+
+    The ``noise_*`` options (Algorithm 1's constants) are text, parsed here so that a
+    non-number is a one-line CliError; ``validate`` checks their range.
+    """
     if preset_name not in PRESETS:
         raise CliError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
     for name, value in (
@@ -143,6 +160,14 @@ def build_config(
         }.items()
         if v is not None
     }
+    for name, text in (
+        ("noise_mu", noise_mu),
+        ("noise_sigma", noise_sigma),
+        ("noise_r_mu", noise_r_mu),
+        ("noise_r_sigma", noise_r_sigma),
+    ):
+        if text is not None:
+            model[name] = parse_number(text, "--" + name.replace("_", "-"))
     opt = {k: v for k, v in {"learning_rate": lr, "name": optimizer}.items() if v is not None}
     ckpt = {
         k: v
@@ -202,6 +227,13 @@ def validate(config: RunConfig) -> None:
         raise CliError(
             f"unknown --conv-impl {config.model.conv_impl!r}; choose auto, xla or shifted"
         )
+    for name, least in NOISE_MINIMUM.items():  # Algorithm 1's constants (Sec. 2.1)
+        value = getattr(config.model, name)
+        if not (math.isfinite(value) and value >= least):
+            option = "--" + name.replace("_", "-")
+            raise CliError(
+                f"{option} must be a finite number >= {least:g} (Algorithm 1), got {value:g}"
+            )
     if config.optimizer.name not in ("sgd", "momentum", "adam"):
         raise CliError(
             f"unknown --optimizer {config.optimizer.name!r}; choose sgd, momentum or adam"
@@ -465,6 +497,39 @@ ConvOpt = Annotated[
         help="Convolution implementation: auto (default: shifted-matmul on CPU, XLA's elsewhere), xla or shifted. Same numbers, different speed.",
     ),
 ]
+# Algorithm 1's constants (Sec. 2.1). Text, parsed by build_config: a non-number is one line.
+NoiseMuOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--noise-mu",
+        metavar="FLOAT",
+        help="Algorithm 1's n_mu (Sec. 2.1): every step each unit's mean shift is drawn as mu_j ~ U(-n_mu, n_mu); >= 0. Used by noisy_batchnorm and noisy_none only. Default 0.5, the paper's.",
+    ),
+]
+NoiseSigmaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--noise-sigma",
+        metavar="FLOAT",
+        help="Algorithm 1's n_sigma: each unit's mean scale sigma_j ~ U(1, n_sigma); >= 1 (1: every sigma_j is 1). Noisy variants only. Default 1.25, the paper's.",
+    ),
+]
+NoiseRMuOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--noise-r-mu",
+        metavar="FLOAT",
+        help="Algorithm 1's r_mu: each sample's shift m_ij ~ U(mu_j - r_mu, mu_j + r_mu); >= 0. Noisy variants only. Default 0.1, the paper's.",
+    ),
+]
+NoiseRSigmaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--noise-r-sigma",
+        metavar="FLOAT",
+        help="Algorithm 1's r_sigma: each sample's scale s_ij ~ N(sigma_j, r_sigma), a standard deviation; >= 0. Noisy variants only. Default 0.1, the paper's.",
+    ),
+]
 CkptOpt = Annotated[
     int | None,
     typer.Option(
@@ -551,6 +616,10 @@ def train(
     variants: VariantsOpt = None,
     placement: PlacementOpt = None,
     conv_impl: ConvOpt = None,
+    noise_mu: NoiseMuOpt = None,
+    noise_sigma: NoiseSigmaOpt = None,
+    noise_r_mu: NoiseRMuOpt = None,
+    noise_r_sigma: NoiseRSigmaOpt = None,
     checkpoint_every: CkptOpt = None,
     max_to_keep: KeepOpt = None,
     keep_period: PeriodOpt = None,
@@ -583,6 +652,10 @@ def probe(
     variants: VariantsOpt = None,
     placement: PlacementOpt = None,
     conv_impl: ConvOpt = None,
+    noise_mu: NoiseMuOpt = None,
+    noise_sigma: NoiseSigmaOpt = None,
+    noise_r_mu: NoiseRMuOpt = None,
+    noise_r_sigma: NoiseRSigmaOpt = None,
     etas: Annotated[
         str | None,
         typer.Option(
@@ -827,6 +900,10 @@ def bench(
     batch_size: BatchOpt = None,
     arch: ArchOpt = None,
     conv_impl: ConvOpt = None,
+    noise_mu: NoiseMuOpt = None,
+    noise_sigma: NoiseSigmaOpt = None,
+    noise_r_mu: NoiseRMuOpt = None,
+    noise_r_sigma: NoiseRSigmaOpt = None,
     etas: Annotated[
         str | None,
         typer.Option(
@@ -877,6 +954,10 @@ def bench(
             keep_all=False,
             eval_every=None,
             etas=etas,
+            noise_mu=noise_mu,
+            noise_sigma=noise_sigma,
+            noise_r_mu=noise_r_mu,
+            noise_r_sigma=noise_r_sigma,
         )
         validate(config)
         chosen = parse_list(strategies, "--strategies")
@@ -1668,7 +1749,7 @@ def sweep(
         list[str] | None,
         typer.Option(
             "--grid",
-            help="KEY=V1,V2,... one axis of the grid; repeat for more axes (every combination runs). Keys: seed, lr, batch_size, width, variant, optimizer, arch, weight_decay, steps.",
+            help="KEY=V1,V2,... one axis of the grid; repeat for more axes (every combination runs). Keys: seed, lr, batch_size, width, variant, optimizer, arch, weight_decay, steps, and Algorithm 1's noise_mu, noise_sigma, noise_r_mu, noise_r_sigma.",
         ),
     ] = None,
     preset_name: PresetOpt = "smoke",

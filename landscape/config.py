@@ -45,6 +45,22 @@ class ModelConfig:
     norm: str = "none"
     placement: str = "before"
     conv_impl: str = "auto"  # "xla", "shifted", or "auto" (shifted on CPU, XLA's elsewhere)
+    # Algorithm 1's noise constants (Sec. 2.1), the paper's values by default; only the variants
+    # noisy_batchnorm and noisy_none use them (landscape.norms.NoiseConfig holds the same).
+    noise_mu: float = 0.5  # n_mu: per-unit shift mu_j ~ U(-n_mu, n_mu)
+    noise_sigma: float = 1.25  # n_sigma: per-unit scale sigma_j ~ U(1, n_sigma)
+    noise_r_mu: float = 0.1  # r_mu: per-sample shift m_ij ~ U(mu_j - r_mu, mu_j + r_mu)
+    noise_r_sigma: float = 0.1  # r_sigma: per-sample scale s_ij ~ N(sigma_j, r_sigma), a std
+
+
+# The smallest value of each noise constant Algorithm 1 can draw with: three are half-widths or a
+# standard deviation (>= 0), and sigma_j ~ U(1, n_sigma) needs n_sigma >= 1 (norms.check_noise).
+NOISE_MINIMUM: dict[str, float] = {
+    "noise_mu": 0.0,
+    "noise_sigma": 1.0,
+    "noise_r_mu": 0.0,
+    "noise_r_sigma": 0.0,
+}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,13 @@ import jax
 import jax.numpy as jnp
 
 from landscape.config import DLN_DEPTH, dln_depth, is_dln
-from landscape.norms import lp_norm_factory, noisy_norm_factory
+from landscape.norms import (
+    PAPER_NOISE,
+    NoiseConfig,
+    check_noise,
+    lp_norm_factory,
+    noisy_norm_factory,
+)
 
 # Conv widths of the VGG family (Simonyan & Zisserman 2015, table 1); "M" is a 2x2 max-pool.
 VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
@@ -108,6 +114,10 @@ NORMALIZERS: dict[str, NormFactory] = {
     "linf": lp_norm_factory(math.inf),
 }
 PLACEMENTS = ("before", "after")  # normalisation before or after the activation
+# The names whose factory also takes ``noise=NoiseConfig(...)``: the model's Algorithm 1 constants
+# (ModelConfig.noise_*, the CLI's --noise-*) reach these two layers; every other layer ignores
+# them, including one registered under another name with its own constants (noisy_norm_factory).
+NOISY_NORMALIZERS = ("noisy_batchnorm", "noisy_none")
 
 
 def register_normalizer(name: str, factory: NormFactory) -> None:
@@ -115,14 +125,19 @@ def register_normalizer(name: str, factory: NormFactory) -> None:
     NORMALIZERS[name] = factory
 
 
-def make_norm(name: str, train: bool) -> nn.Module | None:
-    """Returns the normalisation module called ``name`` (None for no normalisation)."""
+def make_norm(name: str, train: bool, noise: NoiseConfig = PAPER_NOISE) -> nn.Module | None:
+    """Returns the normalisation module called ``name`` (None for no normalisation).
+
+    ``noise`` (Algorithm 1's constants) is used by ``NOISY_NORMALIZERS`` only.
+    """
     try:
         factory = NORMALIZERS[name]
     except KeyError:
         raise ValueError(
             f"unknown normalisation {name!r}; choose one of {', '.join(NORMALIZERS)}"
         ) from None
+    if name in NOISY_NORMALIZERS:
+        return factory(train, noise=noise)
     return factory(train)
 
 
@@ -153,8 +168,8 @@ class VGG(nn.Module):
     """VGG at CIFAR size: conv blocks from ``VGG_CONFIGS``, then one linear classifier.
 
     Each conv is followed by the normalisation (``norm``) and ReLU; ``placement`` says whether
-    the normalisation comes before the ReLU (the paper's BN variant) or after it. Returns logits
-    of shape (batch, num_classes).
+    the normalisation comes before the ReLU (the paper's BN variant) or after it; ``noise`` holds
+    Algorithm 1's constants for the noisy layers. Returns logits of shape (batch, num_classes).
     """
 
     depth: str = "vgg11"
@@ -163,6 +178,7 @@ class VGG(nn.Module):
     placement: str = "before"
     num_classes: int = 10
     conv_impl: str | Sequence[str] = "xla"
+    noise: NoiseConfig = PAPER_NOISE
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -176,7 +192,7 @@ class VGG(nn.Module):
                 continue
             x = Conv3x3(scaled_width(int(v), self.width), impl=impls[conv_index])(x)
             conv_index += 1
-            norm = make_norm(self.norm, train)
+            norm = make_norm(self.norm, train, self.noise)
             if self.placement == "before" and norm is not None:
                 x = norm(x)
             # The input to the nonlinearity, the distribution Ioffe & Szegedy track (their
@@ -197,14 +213,17 @@ def create_model(
     placement: str = "before",
     num_classes: int = 10,
     conv_impl: str = "xla",
+    noise: NoiseConfig = PAPER_NOISE,
 ) -> nn.Module:
     """Returns the Flax module named ``arch`` with the given normalisation and width.
 
     ``arch`` is a VGG (``vgg11`` ...) or a deep linear network (``dln``, ``dln<depth>``), for
     which ``num_classes`` is the output size and ``placement`` and ``conv_impl`` do not apply.
+    ``noise`` (Algorithm 1's constants, the paper's by default) applies to ``noisy_batchnorm``
+    and ``noisy_none`` only.
     """
     if is_dln(arch):
-        return create_dln(arch, width=width, norm=norm, num_outputs=num_classes)
+        return create_dln(arch, width=width, norm=norm, num_outputs=num_classes, noise=noise)
     if arch not in VGG_CONFIGS:
         raise ValueError(
             f"unknown architecture {arch!r}; choose one of {', '.join(VGG_CONFIGS)}, dln or dlnN"
@@ -214,6 +233,7 @@ def create_model(
         raise ValueError(f"unknown placement {placement!r}; choose 'before' or 'after'")
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
+    check_noise(noise)
     impl: Any = conv_impl
     if conv_impl == "auto":
         # On CPU, XLA's own convolution is 15-20% faster than the shifted form for a plain
@@ -228,6 +248,7 @@ def create_model(
         placement=placement,
         num_classes=num_classes,
         conv_impl=impl,
+        noise=noise,
     )
 
 
@@ -278,6 +299,7 @@ class DeepLinearNetwork(nn.Module):
     num_outputs: int = 10
     norm: str = "none"
     param_dtype: Any = jnp.float32
+    noise: NoiseConfig = PAPER_NOISE  # Algorithm 1's constants, for the noisy layers
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -291,7 +313,7 @@ class DeepLinearNetwork(nn.Module):
                 param_dtype=self.param_dtype,
                 dtype=self.param_dtype,
             )(x)
-            norm = None if last else make_norm(self.norm, train)
+            norm = None if last else make_norm(self.norm, train, self.noise)
             if norm is not None:
                 x = norm(x)
         return x
@@ -305,18 +327,22 @@ def create_dln(
     num_outputs: int = 10,
     input_dim: int = 10,
     param_dtype: Any = jnp.float32,
+    noise: NoiseConfig = PAPER_NOISE,
 ) -> DeepLinearNetwork:
     """Returns the deep linear network ``arch`` (``dln``: 25 layers) with its normalisation.
 
-    Hidden layers have ``width x input_dim`` units (the paper's 10 at width 1).
+    Hidden layers have ``width x input_dim`` units (the paper's 10 at width 1); ``noise`` holds
+    Algorithm 1's constants for ``noisy_batchnorm`` and ``noisy_none``.
     """
     make_norm(norm, True)  # validates the name early, with the list of choices
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
+    check_noise(noise)
     return DeepLinearNetwork(
         depth=dln_depth(arch),
         features=scaled_width(input_dim, width),
         num_outputs=num_outputs,
         norm=norm,
         param_dtype=param_dtype,
+        noise=noise,
     )

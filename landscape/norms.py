@@ -73,6 +73,18 @@ class Algorithm1Noise(NamedTuple):
 PAPER_NOISE = NoiseConfig()
 
 
+def check_noise(noise: NoiseConfig) -> None:
+    """Raises ValueError unless Algorithm 1 can draw with ``noise``: every constant finite,
+    n_mu, r_mu, r_sigma >= 0 (half-widths and a standard deviation) and n_sigma >= 1 (the upper
+    end of sigma_j ~ U(1, n_sigma))."""
+    finite = all(math.isfinite(v) for v in noise)
+    if not finite or min(noise.n_mu, noise.r_mu, noise.r_sigma) < 0 or noise.n_sigma < 1:
+        raise ValueError(
+            "Algorithm 1's noise needs finite n_mu, r_mu, r_sigma >= 0 and n_sigma >= 1, got "
+            f"n_mu={noise.n_mu}, n_sigma={noise.n_sigma}, r_mu={noise.r_mu}, r_sigma={noise.r_sigma}"
+        )
+
+
 def draw_noise(
     key: jax.Array, shape: tuple[int, ...], config: NoiseConfig = PAPER_NOISE, dtype=jnp.float32
 ) -> Algorithm1Noise:
@@ -187,9 +199,12 @@ class LpNorm(nn.Module):
 def noisy_norm_factory(
     batchnorm: bool = True, noise: NoiseConfig = PAPER_NOISE
 ) -> Callable[[bool], nn.Module]:
-    """Returns a normaliser factory ``(train) -> NoisyNorm``; register it under a new name for
-    other constants, e.g. ``register_normalizer("noisy_bn_x2", noisy_norm_factory(noise=
-    NoiseConfig(n_mu=1.0)))``, then ``--variants noisy_bn_x2``."""
+    """Returns a normaliser factory ``(train, noise=...) -> NoisyNorm``.
+
+    A run's constants are settings (``ModelConfig.noise_*``, the CLI's ``--noise-mu`` ...), which
+    ``noisy_batchnorm`` and ``noisy_none`` take. To train several sets of constants side by side,
+    register more names with their own, e.g. ``register_normalizer("noisy_bn_x2",
+    noisy_norm_factory(noise=NoiseConfig(n_mu=1.0)))``, then ``--variants noisy_bn_x2``."""
     return functools.partial(_noisy, batchnorm=batchnorm, noise=noise)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from landscape.config import RunConfig
+from landscape.config import NOISE_MINIMUM, RunConfig
 from landscape.results import METRICS_FILE, load, read_rows
 from landscape.summary import median_finite
 
@@ -62,6 +62,11 @@ GRID_KEYS: dict[str, GridKey] = {
     "arch": GridKey(str, _nested("model", "arch")),
     "weight_decay": GridKey(float, _nested("optimizer", "weight_decay"), minimum=0),
     "steps": GridKey(int, lambda c, v: c.replace(steps=v), positive=True),
+    # Algorithm 1's noise constants (Sec. 2.1), used by noisy_batchnorm and noisy_none only.
+    **{
+        name: GridKey(float, _nested("model", name), minimum=least)
+        for name, least in NOISE_MINIMUM.items()
+    },
 }
 
 
@@ -92,7 +97,7 @@ def parse_grid(specs: list[str]) -> dict[str, list]:
                 ) from None
             if rule.kind is not str and (
                 (rule.positive and not value > 0)
-                or (rule.minimum is not None and value < rule.minimum)
+                or (rule.minimum is not None and not value >= rule.minimum)  # NaN too
             ):
                 bound = "positive" if rule.positive else f">= {rule.minimum:g}"
                 raise SweepError(f"--grid {key}: {item!r} must be {bound}")

@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from landscape.config import ModelConfig, OptimizerConfig
 from landscape.data import batch_indices, normalize
 from landscape.models import create_model, init_variables
+from landscape.norms import NoiseConfig
 
 
 class TrainState(struct.PyTreeNode):
@@ -117,7 +118,7 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
 
 
 def build_model(config: ModelConfig, num_classes: int = 10) -> nn.Module:
-    """Returns the Flax module a ``ModelConfig`` describes."""
+    """Returns the Flax module a ``ModelConfig`` describes (Algorithm 1's constants included)."""
     return create_model(
         config.arch,
         width=config.width,
@@ -125,6 +126,9 @@ def build_model(config: ModelConfig, num_classes: int = 10) -> nn.Module:
         placement=config.placement,
         num_classes=num_classes,
         conv_impl=config.conv_impl,
+        noise=NoiseConfig(
+            config.noise_mu, config.noise_sigma, config.noise_r_mu, config.noise_r_sigma
+        ),
     )
 
 
