@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from landscape.config import RunConfig
 from landscape.sweep import SweepError, configurations, open_sweep, run_status, summarize_sweep
 
 LOG_DIR = "logs"
@@ -297,7 +298,7 @@ def _stop(running: Mapping[subprocess.Popen, Any], grace_s: float = 30.0) -> Non
 
 def run_parallel(
     sweep_dir: str | os.PathLike,
-    base: Any = None,
+    base: RunConfig | None = None,
     grid: dict[str, list] | None = None,
     *,
     parallel: int,
@@ -332,7 +333,7 @@ def run_parallel(
         if on_event is not None:
             on_event(event)
 
-    pending: deque[tuple[str, Any, str]] = deque()
+    pending: deque[tuple[str, RunConfig, str]] = deque()
     for name, _, config in points:
         status = run_status(sweep_dir / name, config)
         if status == "done":
@@ -343,11 +344,13 @@ def run_parallel(
     summarize_sweep(sweep_dir)
     if not pending:
         return summarize_sweep(sweep_dir), failures
-    slots = plan_slots(parallel, backend or detect_backend(), oversubscribe=oversubscribe)
-    if isinstance(devices, int) and devices > min(s.devices for s in slots):
+    backend = backend or detect_backend()
+    slots = plan_slots(parallel, backend, oversubscribe=oversubscribe)
+    # On a CPU --devices counts XLA host devices (forced with XLA_FLAGS), not the cores split.
+    if backend.platform != "cpu" and isinstance(devices, int) and devices > slots[-1].devices:
         raise SweepError(
             f"--devices {devices}: each of the {parallel} workers has only "
-            f"{min(s.devices for s in slots)} ({slots[0].label})"
+            f"{slots[-1].devices} ({slots[-1].label})"
         )
     if prepare_data:
         from landscape.data import load_dataset

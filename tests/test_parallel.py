@@ -216,3 +216,26 @@ def test_an_interrupted_parallel_sweep_resumes(base, parallel, tmp_path):
             assert "interrupted" in log and log.count("=== ") == 2, log
         # Each step recorded once, bit-identical to the uninterrupted workers' records.
         assert_same_numbers(sweep_dir / name, parallel[0] / name, exact=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--parallel", "0"], "--parallel 0: use a positive number of workers"),
+        (["--parallel", "4096"], "only"),  # more workers than cores, without --oversubscribe
+    ],
+)
+def test_cli_bad_parallel_is_one_line_and_exit_2(args, message, tmp_path):
+    result = runner.invoke(
+        app, ["sweep", "--grid", "seed=0", "--out", str(tmp_path / "s"), "--no-progress", *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 3
+
+
+def test_more_devices_per_run_than_a_worker_has_is_refused(base, tmp_path):
+    with pytest.raises(SweepError, match="--devices 2: each of the 2 workers has only 1"):
+        run_parallel(
+            tmp_path / "s", base, GRID, parallel=2, devices=2, backend=Backend("cuda", 2, "test")
+        )
