@@ -8,8 +8,8 @@ Usage (from a checkout; a few minutes on 2 CPU cores):
 Each candidate is the real command, ``landscape sweep --preset smoke --data synthetic --grid
 seed=0,...`` in a fresh process into a fresh directory, timed from outside (start-up, data,
 workers and the summary included). Both use one warmed compilation cache (a first small sweep
-compiles the programs; every configuration compiles the same ones), so the figure is the
-steady state of a sweep, not compilation. Rounds alternate the order (1, N, then N, 1, ...) and
+with each setting compiles the programs; every configuration compiles the same ones), so the
+figure is the steady state of a sweep, not compilation. Rounds alternate the order (1, N, then N, 1, ...) and
 the medians are compared. A JSON line goes to benchmarks/results/sweep_parallel.jsonl.
 
 The thread check runs a jitted matmul + convolution in three child processes and counts the
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -86,26 +87,30 @@ def thread_check() -> dict:
     return out
 
 
-def sweep(out: Path, parallel: int, args, cache: Path, seeds: int) -> float:
-    """Runs one sweep as the CLI does and returns its wall time in seconds."""
+def sweep(out: Path, parallel: int, args, cache: Path, seeds: int) -> tuple[float, float]:
+    """Runs one sweep as the CLI does; returns its wall time and the CPU time (user + system)
+    of the process and all its workers, in seconds."""
     command = [sys.executable, "-m", "landscape", "sweep", "--preset", "smoke", "--data",
                "synthetic", "--variants", args.variant, "--steps", str(args.steps),
                "--grid", "seed=" + ",".join(map(str, range(seeds))), "--out", str(out),
                "--parallel", str(parallel), "--no-progress"]  # fmt: skip
     env = {**os.environ, "LANDSCAPE_JAX_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for descendants: the workers
     if done.returncode != 0:
         sys.exit(f"sweep --parallel {parallel} failed:\n{done.stdout}\n{done.stderr}")
-    return seconds
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parallel", type=int, default=2, help="workers of the parallel sweep")
     parser.add_argument("--configs", type=int, default=4, help="configurations (seeds)")
-    parser.add_argument("--steps", type=int, default=20, help="steps per configuration")
+    parser.add_argument("--steps", type=int, default=60, help="steps (the smoke preset's 60)")
     parser.add_argument("--variant", default="batchnorm")
     parser.add_argument("--rounds", type=int, default=1, help="alternating timing rounds")
     parser.add_argument("--no-thread-check", dest="thread_check", action="store_false")
@@ -114,16 +119,24 @@ def main() -> None:
     load_before = os.getloadavg()
     threads = thread_check() if args.thread_check else None
     times: dict[int, list[float]] = {1: [], args.parallel: []}
+    cpus: dict[int, list[float]] = {1: [], args.parallel: []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cache = tmp / "jax-cache"
-        warm = sweep(tmp / "warm", 1, argparse.Namespace(**{**vars(args), "steps": 2}), cache, 1)
+        # Both settings load the same cached programs (checked: one entry per program whatever
+        # the core count); each warms once so neither pays for compilation or a cold disk.
+        short = argparse.Namespace(**{**vars(args), "steps": 2})
+        warm = sweep(tmp / "warm-1", 1, short, cache, 1)[0]
+        warm += sweep(tmp / f"warm-{args.parallel}", args.parallel, short, cache, args.parallel)[0]
         for r in range(args.rounds):
             order = (1, args.parallel) if r % 2 == 0 else (args.parallel, 1)
             for n in order:
-                times[n].append(sweep(tmp / f"r{r}-p{n}", n, args, cache, args.configs))
-                print(f"round {r + 1}: --parallel {n}: {times[n][-1]:.1f} s", flush=True)
+                wall, cpu = sweep(tmp / f"r{r}-p{n}", n, args, cache, args.configs)
+                times[n].append(wall)
+                cpus[n].append(cpu)
+                print(f"round {r + 1}: --parallel {n}: {wall:.1f} s, CPU {cpu:.1f} s", flush=True)
     medians = {n: statistics.median(v) for n, v in times.items()}
+    cpu_medians = {n: statistics.median(v) for n, v in cpus.items()}
     result = {
         "machine": {
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -149,6 +162,11 @@ def main() -> None:
         "sweep_s": {f"parallel_{n}": v for n, v in times.items()},
         "median_s": {f"parallel_{n}": v for n, v in medians.items()},
         "speedup": medians[1] / medians[args.parallel],
+        # CPU seconds of the whole sweep (workers included) and CPU/wall: on a shared machine
+        # the wall-clock ratio mostly shows the share the scheduler gave, the CPU time the work.
+        "cpu_s": {f"parallel_{n}": v for n, v in cpus.items()},
+        "median_cpu_s": {f"parallel_{n}": v for n, v in cpu_medians.items()},
+        "cores_used": {f"parallel_{n}": cpu_medians[n] / medians[n] for n in medians},
         "threads": threads,
     }
     out = ROOT / "benchmarks" / "results" / "sweep_parallel.jsonl"
@@ -157,8 +175,10 @@ def main() -> None:
         f.write(json.dumps(result) + "\n")
     print(f"{args.configs} smoke configurations ({args.variant}, {args.steps} steps), "
           f"{os.cpu_count()} CPUs, load {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(f"--parallel 1: {medians[1]:.1f} s | --parallel {args.parallel}: "
-          f"{medians[args.parallel]:.1f} s | speed-up {result['speedup']:.2f}x")  # fmt: skip
+    for n in medians:
+        print(f"--parallel {n}: {medians[n]:.1f} s, CPU {cpu_medians[n]:.1f} s "
+              f"({cpu_medians[n] / medians[n]:.2f} cores busy on average)")  # fmt: skip
+    print(f"speed-up {result['speedup']:.2f}x (wall clock)")
     if threads:
         for label, found in threads.items():
             print(

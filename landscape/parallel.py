@@ -15,6 +15,12 @@ limits XLA's CPU threads in JAX 0.10.2: its intra-op pool is sized from the proc
 affinity, while ``--xla_cpu_multi_thread_eigen=false`` leaves both pool threads busy
 (measured; ``benchmarks/sweep_parallel.py`` documents it). A failing configuration does not
 stop the others; it is returned, with its log, for the caller to report.
+
+Numbers: on a CPU, XLA's runtime splits an operation among the threads it has, so a worker
+pinned to fewer cores than a sequential sweep's process sums in another order: records agree
+with the sequential sweep to float32 rounding, and bit for bit with any run given the same
+number of cores (a sequential sweep under ``taskset -c 0`` reproduces 1-core workers exactly).
+The compiled programs are the same (one compilation-cache entry serves both).
 """
 
 from __future__ import annotations
