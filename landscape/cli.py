@@ -1793,11 +1793,25 @@ def sweep(
         typer.Option("--probe/--no-probe", help="Probe the landscape (default) or only train."),
     ] = True,
     devices: DevicesOpt = "all",
+    parallel: Annotated[
+        int,
+        typer.Option(
+            "--parallel",
+            help="Configurations run at once, each in its own worker process with its own devices: GPUs/TPU chips split evenly between the workers, on a CPU the cores (each worker pinned to its share). At most one worker per device or core unless --oversubscribe. Worker output goes to SWEEP_DIR/logs/<name>.log. Default 1: one after another in this process.",
+        ),
+    ] = 1,
+    oversubscribe: Annotated[
+        bool,
+        typer.Option(
+            "--oversubscribe",
+            help="Allow --parallel above the device (or core) count: workers then share devices round-robin (on GPUs each preallocates its share of memory). Default: refused.",
+        ),
+    ] = False,
     progress: ProgressOpt = True,
 ) -> None:
-    """Run a grid of independent runs (seeds, variants, learning rates, ...) one after another, resumable, with one summary table.
+    """Run a grid of independent runs (seeds, variants, learning rates, ...), one after another or --parallel N at once, resumable, with one summary table.
 
-    Each configuration is an ordinary run directory (summary, plot, report work on it) spread over --devices; configurations run one after another, not side by side.
+    Each configuration is an ordinary run directory (summary, plot, report work on it) spread over --devices (with --parallel: over its worker's devices). A failing configuration does not stop the others under --parallel; the sweep then exits with code 1 at the end.
     """
     from landscape.sweep import SweepError, parse_grid, summarize_sweep
 
@@ -1810,6 +1824,8 @@ def sweep(
             _print_sweep(summarize_sweep(sweep_dir), sweep_dir)
             return
         devices_value = parse_devices(devices)
+        if parallel < 1:
+            raise CliError(f"--parallel {parallel}: use a positive number of workers")
         if resume is not None:
             if grid or out:
                 raise CliError("--resume continues the saved grid; do not give --grid or --out")
@@ -1847,7 +1863,12 @@ def sweep(
             where = out or Path("runs") / f"sweep-{base.preset}-{stamp}"
     except (CliError, SweepError) as err:
         fail(str(err))
-    _run_sweep(where, base, axes, probe_enabled, progress, devices_value)
+    if parallel > 1:
+        _run_parallel_sweep(
+            where, base, axes, probe_enabled, progress, devices_value, parallel, oversubscribe
+        )
+    else:
+        _run_sweep(where, base, axes, probe_enabled, progress, devices_value)
 
 
 def _run_sweep(where: Path, base, axes, probe_enabled: bool, progress: bool, devices) -> None:
@@ -1877,6 +1898,84 @@ def _run_sweep(where: Path, base, axes, probe_enabled: bool, progress: bool, dev
     except KeyboardInterrupt:
         fail(f"interrupted; continue with: landscape sweep --resume {where}", code=130)
     _print_sweep(rows, where)
+
+
+def _run_parallel_sweep(
+    where: Path,
+    base,
+    axes,
+    probe_enabled: bool,
+    progress: bool,
+    devices,
+    parallel: int,
+    oversubscribe: bool,
+) -> None:
+    from contextlib import nullcontext
+
+    from landscape.data import DataError
+    from landscape.parallel import run_parallel
+    from landscape.progress import progress_bar
+    from landscape.sweep import SweepError
+
+    console.print(f"sweep directory: [bold]{where}[/], {parallel} workers", highlight=False)
+    bar = progress_bar("{task.fields[info]}", console=console) if progress else nullcontext()
+    with bar:
+        overall = bar.add_task("sweep", total=None, info="configurations") if progress else None
+        steps = {}
+
+        def announce(event) -> None:
+            head = f"[{event.finished}/{event.total}] {event.name}"
+            if event.kind == "skipped":
+                console.print(f"{head}: done, skipped", highlight=False)
+            elif event.kind == "started":
+                what = "resuming" if event.status == "partial" else "running"
+                console.print(f"{event.name}: {what} on {event.slot}", highlight=False)
+                if progress:
+                    steps[event.name] = bar.add_task(event.name, total=None, info="steps")
+            else:
+                if progress and event.name in steps:
+                    bar.remove_task(steps.pop(event.name))
+                if event.kind == "finished":
+                    console.print(f"{head}: finished in {event.seconds:.1f} s", highlight=False)
+                else:
+                    console.print(
+                        f"[bold red]{event.name}: FAILED[/] after {event.seconds:.1f} s "
+                        f"(exit code {event.returncode}): {event.message}; log: {event.log}",
+                        highlight=False,
+                    )
+            if progress:
+                bar.update(overall, total=event.total, completed=event.finished)
+
+        def poll(counts: dict) -> None:
+            for name, (done, total) in counts.items():
+                if name in steps:
+                    bar.update(steps[name], completed=done, total=total)
+
+        try:
+            rows, failures = run_parallel(
+                where,
+                base,
+                axes,
+                parallel=parallel,
+                probe_enabled=probe_enabled,
+                devices=devices,
+                oversubscribe=oversubscribe,
+                on_event=announce,
+                on_poll=poll if progress else None,
+            )
+        except (DataError, SweepError) as err:
+            fail(str(err))
+        except KeyboardInterrupt:
+            fail(f"interrupted; continue with: landscape sweep --resume {where}", code=130)
+    _print_sweep(rows, where)
+    if failures:
+        names = ", ".join(f.name for f in failures)
+        fail(
+            f"{len(failures)} of {failures[0].total} configurations failed "
+            f"({names}); their logs are in {where / 'logs'}. Fix and rerun: "
+            f"landscape sweep --resume {where} --parallel {parallel}",
+            code=1,
+        )
 
 
 def _print_sweep(rows: list[dict], sweep_dir: Path) -> None:

@@ -2,11 +2,12 @@
 
 A sweep directory holds ``sweep.json`` (the base configuration and the grid) and one ordinary
 run directory per configuration, named from its grid values (``seed=0_lr=0.05``). Runs go one
-after another, each over the devices ``--devices`` gives it (data parallel, ``sharding.py``).
+after another, each over the devices ``--devices`` gives it (data parallel, ``sharding.py``), or
+N at a time in worker processes with their own devices (``landscape.parallel``, ``--parallel``).
 Running the sweep again skips the configurations whose records are complete and resumes an
 interrupted one from its newest checkpoint (``runs.run(..., resume=True)``), so a sweep can be
 stopped at any time. ``summarize_sweep`` gathers every run's medians and final accuracy into
-one table, written to ``SWEEP_DIR/summary.csv``.
+one table, written to ``SWEEP_DIR/summary.csv`` after every finished run and at the end.
 """
 
 from __future__ import annotations
@@ -191,7 +192,6 @@ def run_sweep(
     Returns ``summarize_sweep(sweep_dir)`` (also written to ``SWEEP_DIR/summary.csv``).
     """
     from landscape.data import load_dataset
-    from landscape.runs import run
 
     sweep_dir = Path(sweep_dir)
     base, grid = open_sweep(sweep_dir, base, grid)
@@ -199,12 +199,44 @@ def run_sweep(
     if dataset is None:  # the grid never changes the data: load it once for every run
         dataset = load_dataset(base.data, progress=progress)
     for index, (name, _, config) in enumerate(points):
-        run_dir = sweep_dir / name
-        status = run_status(run_dir, config)
+        status = run_status(sweep_dir / name, config)
         if on_run is not None:
             on_run(index, len(points), name, status)
         if status == "done":
             continue
+        run_configuration(
+            sweep_dir,
+            name,
+            config,
+            probe_enabled=probe_enabled,
+            progress=progress,
+            dataset=dataset,
+            devices=devices,
+        )
+        summarize_sweep(sweep_dir)  # summary.csv is readable while the sweep goes on
+    return summarize_sweep(sweep_dir)
+
+
+def run_configuration(
+    sweep_dir: str | os.PathLike,
+    name: str,
+    config: RunConfig,
+    *,
+    probe_enabled: bool = True,
+    progress: bool = True,
+    dataset: Any = None,
+    devices: int | str | None = None,
+) -> str:
+    """Runs one configuration of a sweep into ``SWEEP_DIR/name``: new, or resumed if partial.
+
+    Returns the status it found (``"done"`` runs nothing). Shared by the sequential sweep and
+    the worker processes of a parallel one (``landscape.parallel``), so both resume alike.
+    """
+    from landscape.runs import run
+
+    run_dir = Path(sweep_dir) / name
+    status = run_status(run_dir, config)
+    if status != "done":
         run(
             config,
             run_dir,
@@ -215,7 +247,7 @@ def run_sweep(
             dataset=dataset,
             devices=devices,
         )
-    return summarize_sweep(sweep_dir)
+    return status
 
 
 def summarize_sweep(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -1,0 +1,241 @@
+"""Parallel sweeps: device plans, the same numbers as a sequential sweep, failures, resumption."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO
+from typer.testing import CliRunner
+
+from landscape.cli import app, enable_compilation_cache
+from landscape.config import CheckpointConfig, ModelConfig, ProbeConfig, RunConfig
+from landscape.parallel import Backend, detect_backend, log_path, plan_slots, run_parallel
+from landscape.results import read_rows
+from landscape.sweep import SweepError, configurations, open_sweep, run_status, run_sweep
+
+GRID = {"seed": [0, 1]}
+
+
+@pytest.fixture(scope="module")
+def base() -> RunConfig:
+    """conftest's tiny VGG-11 (width 1/16, batch 16, synthetic data), one variant, 20 steps, every
+    step checkpointed and probed; module-scoped, so one sequential reference serves every test."""
+    return RunConfig(
+        preset="test",
+        data="synthetic",
+        seed=3,
+        steps=20,
+        batch_size=16,
+        eval_every=10,
+        eval_batches=1,
+        log_every=2,
+        variants=("standard",),
+        model=ModelConfig(width=0.0625, conv_impl="xla"),
+        checkpoint=CheckpointConfig(every=1, max_to_keep=None, keep_period=None),
+        probe=ProbeConfig(every=1, num_etas=2, strategy="map"),
+    )
+
+
+@pytest.fixture(scope="module")
+def sequential(base, tmp_path_factory):
+    """The sweep run today's way (--parallel 1, in this process): the reference numbers.
+
+    The compilation cache is on, as in the CLI, so the workers of the other tests load the
+    programs compiled here instead of compiling them again.
+    """
+    enable_compilation_cache()
+    sweep_dir = tmp_path_factory.mktemp("sequential") / "sweep"
+    run_sweep(sweep_dir, base, GRID, progress=False)
+    return sweep_dir
+
+
+@pytest.fixture(scope="module")
+def parallel(base, sequential, tmp_path_factory):
+    """The same sweep with --parallel 2: (sweep_dir, summary rows, failures, events)."""
+    sweep_dir = tmp_path_factory.mktemp("parallel") / "sweep"
+    events = []
+    summary, failures = run_parallel(sweep_dir, base, GRID, parallel=2, on_event=events.append)
+    return sweep_dir, summary, failures, events
+
+
+def rows(run_dir, name):
+    return read_rows(run_dir / "standard" / name)
+
+
+def assert_same_numbers(got_dir, want_dir, exact=False):
+    """Same rows, same order, same steps; numbers equal, or to float32 tolerance.
+
+    Bit-identical needs the same number of cores: a worker pinned to one core runs XLA's
+    reductions in another order than the two-thread pool of an unpinned process (measured: a
+    sequential sweep under ``taskset -c 0`` gives the parallel workers' records bit for bit).
+    ``abs`` covers the loss band, a difference of two losses near 2.3 (float32 ulp 2.4e-7).
+    """
+    for name in ("metrics.jsonl", "probe.jsonl"):
+        got, want = rows(got_dir, name), rows(want_dir, name)
+        assert [r["step"] for r in got] == [r["step"] for r in want], name
+        if exact:
+            assert got == want, name
+            continue
+        assert [sorted(r) for r in got] == [sorted(r) for r in want], name
+        for a, b in zip(got, want, strict=True):
+            for key, value in b.items():
+                assert a[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), (name, key)
+
+
+def test_plan_slots_splits_cores_and_devices():
+    cpu = Backend("cpu", 4, "test")
+    slots = plan_slots(2, cpu, cpus=[0, 1, 2, 3])
+    assert [s.env["LANDSCAPE_WORKER_CPUS"] for s in slots] == ["0,1", "2,3"]
+    assert [s.env["OMP_NUM_THREADS"] for s in slots] == ["2", "2"]
+    assert [s.label for s in plan_slots(3, cpu, cpus=[4, 5, 6, 7])] == [
+        "cpu cores 4",
+        "cpu cores 5",
+        "cpu cores 6",
+    ]  # 4 // 3 = 1 core each; the fourth stays idle
+    with pytest.raises(SweepError, match="only 4 CPU cores"):
+        plan_slots(5, cpu, cpus=[0, 1, 2, 3])
+    shared = plan_slots(3, cpu, cpus=[0, 1], oversubscribe=True)
+    assert [s.env["LANDSCAPE_WORKER_CPUS"] for s in shared] == ["0", "1", "0"]
+
+    gpus = Backend("cuda", 4, "test")
+    slots = plan_slots(2, gpus, env={})
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0,1", "2,3"]
+    assert [s.devices for s in slots] == [2, 2]
+    # The parent's own CUDA_VISIBLE_DEVICES are the ids that get split.
+    slots = plan_slots(2, Backend("cuda", 2, "test"), env={"CUDA_VISIBLE_DEVICES": "3,5"})
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["3", "5"]
+    with pytest.raises(SweepError, match="--oversubscribe"):
+        plan_slots(3, Backend("cuda", 2, "test"), env={})
+    shared = plan_slots(4, Backend("cuda", 2, "test"), env={}, oversubscribe=True)
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in shared] == ["0", "1", "0", "1"]
+    assert shared[0].env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.450"
+
+    tpu = plan_slots(2, Backend("tpu", 4, "test"), env={})
+    assert [s.env["TPU_VISIBLE_CHIPS"] for s in tpu] == ["0,1", "2,3"]
+    assert tpu[0].env["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "1,2,1"
+    assert tpu[0].env["TPU_PROCESS_PORT"] != tpu[1].env["TPU_PROCESS_PORT"]
+    with pytest.raises(SweepError, match="cannot be shared"):
+        plan_slots(5, Backend("tpu", 4, "test"), env={}, oversubscribe=True)
+    with pytest.raises(SweepError, match="positive"):
+        plan_slots(0, cpu)
+
+
+def test_detect_backend_without_jax_in_this_process():
+    found = detect_backend({"JAX_PLATFORMS": "cpu"})
+    assert (found.platform, found.device_count) == ("cpu", len(os.sched_getaffinity(0)))
+    forced = detect_backend({"JAX_PLATFORMS": "", "PATH": os.environ.get("PATH", "")})
+    assert forced.platform in ("cpu", "cuda", "rocm", "tpu") and forced.device_count >= 1
+
+
+def test_parallel_sweep_gives_the_sequential_numbers(base, sequential, parallel):
+    sweep_dir, summary, failures, events = parallel
+    assert failures == []
+    assert sorted(e.kind for e in events) == ["finished", "finished", "started", "started"]
+    assert sorted(e.finished for e in events if e.kind == "finished") == [1, 2]
+    assert all(e.seconds > 0 for e in events if e.kind == "finished")
+    for name, _, _ in configurations(base, GRID):
+        assert_same_numbers(sweep_dir / name, sequential / name)
+    assert [r["status"] for r in summary] == ["done", "done"]
+    reference = run_sweep(sequential, progress=False)  # all done: only summarises
+    for got, want in zip(summary, reference, strict=True):
+        assert got["beta"] == pytest.approx(want["beta"], rel=1e-5)
+        assert got["test_accuracy"] == pytest.approx(want["test_accuracy"])
+    # Each worker was pinned to its own cores before JAX started (the log says which).
+    cores = [log_path(sweep_dir, n).read_text().split("cores ")[-1].split("]")[0]
+    for n, _, _ in configurations(base, GRID)]  # fmt: skip
+    if len(os.sched_getaffinity(0)) >= 2:
+        sets = [set(c.strip("[").split(", ")) for c in cores]
+        assert sets[0].isdisjoint(sets[1]), cores
+
+
+runner = CliRunner()
+
+
+def test_a_failing_configuration_is_reported_and_the_others_finish(base, parallel, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    open_sweep(sweep_dir, base, GRID)
+    (good, _, _), (bad, _, bad_config) = configurations(base, GRID)
+    # A directory in the way that is not a landscape run: the worker refuses to overwrite it,
+    # which only shows when that configuration starts.
+    (sweep_dir / bad).mkdir()
+    (sweep_dir / bad / "notes.txt").write_text("mine")
+    result = runner.invoke(
+        app, ["sweep", "--resume", str(sweep_dir), "--parallel", "2", "--no-progress"]
+    )
+    assert result.exit_code == 1, result.output
+    out = " ".join(result.output.split())  # rich may wrap long lines
+    assert f"{bad}: FAILED" in out and "does not look like a landscape run" in out
+    assert str(log_path(sweep_dir, bad)) in out
+    assert f"1 of 2 configurations failed ({bad})" in out
+    assert f"[1/2] {good}: finished in" in out
+    assert "does not look like a landscape run" in log_path(sweep_dir, bad).read_text()
+    assert_same_numbers(sweep_dir / good, parallel[0] / good, exact=True)
+    assert run_status(sweep_dir / bad, bad_config) == "new"
+    with open(sweep_dir / "summary.csv") as f:
+        assert [(r["run"], r["status"]) for r in csv.DictReader(f)] == [
+            (good, "done"),
+            (bad, "new"),
+        ]
+
+
+def test_an_interrupted_parallel_sweep_resumes(base, parallel, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    open_sweep(sweep_dir, base, GRID)
+    names = [name for name, _, _ in configurations(base, GRID)]
+    command = [sys.executable, str(REPO / "cli.py"), "sweep", "--resume", str(sweep_dir),
+               "--parallel", "2", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(
+        rows(sweep_dir / n, "metrics.jsonl") for n in names
+    ):  # both workers have recorded steps: interrupt them mid-run, as Ctrl-C would
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, output
+    assert f"continue with: landscape sweep --resume {sweep_dir}" in " ".join(output.split())
+    status = [run_status(sweep_dir / n, c) for n, _, c in configurations(base, GRID)]
+    assert "partial" in status, status
+
+    result = runner.invoke(
+        app, ["sweep", "--resume", str(sweep_dir), "--parallel", "2", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    for name, before in zip(names, status, strict=True):
+        if before == "partial":  # resumed from its checkpoint, and its log shows both attempts
+            assert f"{name}: resuming on" in result.output
+            log = log_path(sweep_dir, name).read_text()
+            assert "interrupted" in log and log.count("=== ") == 2, log
+        # Each step recorded once, bit-identical to the uninterrupted workers' records.
+        assert_same_numbers(sweep_dir / name, parallel[0] / name, exact=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--parallel", "0"], "--parallel 0: use a positive number of workers"),
+        (["--parallel", "4096"], "only"),  # more workers than cores, without --oversubscribe
+    ],
+)
+def test_cli_bad_parallel_is_one_line_and_exit_2(args, message, tmp_path):
+    result = runner.invoke(
+        app, ["sweep", "--grid", "seed=0", "--out", str(tmp_path / "s"), "--no-progress", *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 3
+
+
+def test_more_devices_per_run_than_a_worker_has_is_refused(base, tmp_path):
+    with pytest.raises(SweepError, match="--devices 2: each of the 2 workers has only 1"):
+        run_parallel(
+            tmp_path / "s", base, GRID, parallel=2, devices=2, backend=Backend("cuda", 2, "test")
+        )
