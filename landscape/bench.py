@@ -254,7 +254,7 @@ def whole_run(config: RunConfig, variant: str, dataset: Dataset, steps: int) -> 
         )
     loop_s = report.wall_s - report.compile_s
     # The last step's sample is taken after the run's final evaluation, which covers the whole
-    # test set in chunks of 1,000 images: its buffers (about 125 MB at the smoke preset) are a
+    # test set in chunks of 1,000 images: its buffers (125-200 MB at the smoke preset) are a
     # one-off, not growth per step. Left in, that single jump at the end of n samples reads as a
     # least-squares slope of about 6 * jump / n^2 per step (8-18 KiB/step over 600 steps).
     during = rss[:-1] or rss
