@@ -68,6 +68,22 @@ def _place_like(array: np.ndarray, leaf: Any) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
+def complete_steps(directory: str | os.PathLike) -> list[int]:
+    """Returns the steps of the complete checkpoints (either format) in ``directory``, ascending.
+
+    Reads only: unlike opening a ``Checkpointer``, it leaves another process's writes in
+    progress alone (``--reuse`` looks into runs that may still be training).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(
+        int(p.name)
+        for p in directory.iterdir()
+        if re.fullmatch(r"\d+", p.name) and (_is_npz_step(p) or _is_orbax_step(p))
+    )
+
+
 class Checkpointer:
     """Saves and restores a pytree (the ``TrainState``) under ``directory/<step>/``.
 
@@ -214,13 +230,7 @@ class Checkpointer:
 
     def steps(self) -> list[int]:
         """Returns the steps of all complete checkpoints (either format), ascending."""
-        if not self.directory.exists():
-            return []
-        return sorted(
-            int(p.name)
-            for p in self.directory.iterdir()
-            if re.fullmatch(r"\d+", p.name) and (_is_npz_step(p) or _is_orbax_step(p))
-        )
+        return complete_steps(self.directory)
 
     def latest_step(self) -> int | None:
         """Returns the newest complete checkpoint's step, or None."""

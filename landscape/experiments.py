@@ -126,6 +126,11 @@ def variables_for(
             f"{experiment.path.name} has no preset {preset!r}; choose one of "
             f"{', '.join(experiment.presets)}"
         )
+    fixed_by_runner = sorted({"out", "root"} & set(overrides or {}))
+    if fixed_by_runner:
+        raise ExperimentError(
+            f"--set {fixed_by_runner[0]}=...: the output folder is chosen with --out"
+        )
     values = {"preset": preset, "data": "cifar10", **experiment.variables}
     values.update(experiment.presets.get(preset, {}))
     values.update(overrides or {})

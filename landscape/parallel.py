@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from landscape.config import RunConfig
+from landscape.results import METRICS_FILE
 from landscape.sweep import SweepError, configurations, open_sweep, run_status, summarize_sweep
 
 LOG_DIR = "logs"
@@ -253,7 +254,7 @@ class _StepCounter:
     """Counts the training steps recorded in a run's metrics files, reading only new bytes."""
 
     def __init__(self, run_dir: Path, variants: Sequence[str]):
-        self.files = {v: run_dir / v / "metrics.jsonl" for v in variants}
+        self.files = {v: run_dir / v / METRICS_FILE for v in variants}
         self.offsets = dict.fromkeys(variants, 0)
         self.steps = dict.fromkeys(variants, 0)
 

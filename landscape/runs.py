@@ -28,12 +28,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from landscape import sharding
-from landscape.checkpoints import Checkpointer
+from landscape.checkpoints import Checkpointer, complete_steps
 from landscape.config import ModelConfig, OptimizerConfig, RunConfig, is_dln
 from landscape.data import Dataset, load_dataset
 from landscape.models import loss_for_arch
 from landscape.probe import default_strategy, probe, summarize
-from landscape.results import METRICS_FILE, PROBE_FILE, RecordWriter, truncate_rows
+from landscape.results import METRICS_FILE, PROBE_FILE, RecordWriter, read_rows, truncate_rows
 from landscape.train import (
     BatchSource,
     TrainState,
@@ -144,44 +144,56 @@ def reuse_mismatch(source: Path, variant: str, config: RunConfig, dataset: Datas
     """Returns why ``source/variant`` cannot stand in for training ``variant`` now, or None.
 
     It can when ``source`` is a run with the same settings (all but the variant list, the data's
-    path and the preset's name), trained on the same data (sha256) and finished: its newest
-    checkpoint is the last step and its final evaluation was recorded. Runs are deterministic
-    (same seed, same data order, same compiled program), so the copy equals a rerun.
+    path and the preset's name; the probe's too when this run does not probe), trained on the
+    same data (sha256) with the same JAX version on the same kind of device, and finished: its
+    newest checkpoint is the last step, its final evaluation was recorded and it was not
+    extended from a shorter run. Such a run is deterministic (same seed, data order and
+    compiled program), so the copy equals a rerun (on a CPU with another number of cores, to
+    float32 rounding: XLA splits its sums by thread). Only reads ``source``.
     """
+    try:
+        return _reuse_mismatch(source, variant, config, dataset)
+    except (OSError, ValueError, TypeError, KeyError, RunError) as err:
+        return f"{source} could not be read ({type(err).__name__}: {err})"
+
+
+def _reuse_mismatch(source: Path, variant: str, config: RunConfig, dataset: Dataset) -> str | None:
     if not (source / "config.json").exists():
         return f"{source} is not a landscape run"
-    if variant not in load_config(source).variants or not (source / variant).is_dir():
+    saved_config = load_config(source)
+    if variant not in saved_config.variants or not (source / variant).is_dir():
         return f"{source} has no {variant!r}"
-    saved = load_config(source).to_dict()
-    wanted = {k: v for k, v in config.to_dict().items() if k not in _REUSE_IGNORES}
-    difference = _first_difference(saved, wanted)
+    ignored = _REUSE_IGNORES if config.probe.enabled else (*_REUSE_IGNORES, "probe")
+    wanted = {k: v for k, v in config.to_dict().items() if k not in ignored}
+    difference = _first_difference(saved_config.to_dict(), wanted)
     if difference is not None:
         return f"{source} was run with other settings ({difference})"
     provenance_path = source / "provenance.json"
-    saved_sha = (
-        json.loads(provenance_path.read_text()).get("dataset_sha256")
-        if provenance_path.exists()
-        else None
-    )
-    if saved_sha != dataset.checksum:
+    saved = json.loads(provenance_path.read_text()) if provenance_path.exists() else {}
+    if saved.get("dataset_sha256") != dataset.checksum:
         return f"{source} was trained on other data"
+    device = jax.devices()[0]
+    here = {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": f"{device.platform}: {getattr(device, 'device_kind', str(device))}",
+    }
+    for key, value in here.items():
+        if saved.get(key) != value:
+            return f"{source} was run with another {key} ({saved.get(key)} vs {value})"
     if config.checkpoint.enabled:
-        ckpt_dir = source / variant / "checkpoints"
-        latest = None
-        if ckpt_dir.is_dir():
-            checkpointer = Checkpointer(ckpt_dir, config.checkpoint)
-            latest = checkpointer.latest_step()
-            checkpointer.close()
+        steps = complete_steps(source / variant / "checkpoints")
+        latest = steps[-1] if steps else None
         if latest != config.steps:
             return (
                 f"{source}/{variant} is not finished (newest checkpoint {latest} of {config.steps})"
             )
-    metrics = source / variant / METRICS_FILE
-    rows = (
-        [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-    )
-    if not any(r.get("step") == config.steps and "test_accuracy" in r for r in rows):
+    tests = [r["step"] for r in read_rows(source / variant / METRICS_FILE) if "test_accuracy" in r]
+    if config.steps not in tests:
         return f"{source}/{variant} has no final evaluation at step {config.steps}"
+    every = config.eval_every
+    if any(step != config.steps and not (every and step % every == 0) for step in tests):
+        return f"{source}/{variant} was extended from a shorter run (evaluated off schedule)"
     return None
 
 
@@ -198,12 +210,14 @@ def _first_difference(saved: dict, wanted: dict, prefix: str = "") -> str | None
     return None
 
 
-def copy_variant(source: Path, target: Path) -> None:
+def copy_variant(source: Path, target: Path, *, probes: bool = True) -> None:
     """Copies a finished variant's checkpoints and training records from ``source`` to ``target``.
 
-    Checkpoint files are hard-linked where the file system allows (they are never modified in
-    place), copied otherwise. The copy is made under a temporary name and renamed, so an
-    interruption never leaves a half-copied variant that looks finished.
+    Checkpoint files are hard-linked where the file system allows (they are never written in
+    place: a checkpoint is written under a temporary name and renamed, and retention only
+    unlinks), copied otherwise; the records are copied. ``probes=False`` leaves the probe
+    records out (for a run that does not probe). The copy is made under a temporary name and
+    renamed, so an interruption never leaves a half-copied variant that looks finished.
     """
     partial = target.with_name(target.name + ".reuse-partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -218,7 +232,7 @@ def copy_variant(source: Path, target: Path) -> None:
     if (source / "checkpoints").is_dir():
         shutil.copytree(source / "checkpoints", partial / "checkpoints", copy_function=link_or_copy)
     for name in _TRAINING_OUTPUTS:
-        if (source / name).exists():
+        if (source / name).exists() and (probes or name != PROBE_FILE):
             shutil.copy2(source / name, partial / name)
     partial.rename(target)
 
@@ -634,13 +648,21 @@ def run(
             facts = {**provenance(dataset, config), "devices_used": device_count}
             (run_dir / "provenance.json").write_text(json.dumps(facts, indent=2) + "\n")
     sharding.sync("run directory ready")  # other hosts wait for process 0 to prepare it
-    reports = []
-    reused = _reuse_variants(run_dir, config, dataset, reuse, say) if primary and reuse else {}
+    # Every process decides what to reuse (reading only) before process 0 copies anything, so
+    # all hosts train the same variants.
+    reused = plan_reuse(run_dir, config, dataset, reuse, say if primary else None) if reuse else {}
+    sharding.sync("reuse planned")
+    if primary:
+        for variant, source in reused.items():
+            copy_variant(source / variant, run_dir / variant, probes=config.probe.enabled)
     sharding.sync("reused variants copied")
-    reports.extend(VariantReport(v, reused_from=str(src)) for v, src in reused.items())
+    reports = []
     to_train = [v for v in config.variants if v not in reused]
     with _progress(progress, config.steps, to_train) as make_callback:
-        for variant in to_train:
+        for variant in config.variants:
+            if variant in reused:
+                reports.append(VariantReport(variant, reused_from=str(reused[variant])))
+                continue
             trainer = Trainer(config, variant, dataset, mesh)
             reports.append(
                 train_variant(
@@ -654,31 +676,31 @@ def run(
     return reports
 
 
-def _reuse_variants(
+def plan_reuse(
     run_dir: Path,
     config: RunConfig,
     dataset: Dataset,
     sources: Sequence[str | os.PathLike],
-    say: Callable[[str], None] | None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
-    """Copies each variant not yet started in ``run_dir`` from the first source that finished it.
+    """Returns ``{variant: source}`` for each variant not yet begun in ``run_dir`` that the
+    first matching source finished (``reuse_mismatch``). Reads only.
 
-    Returns the variants copied and where from. Reuse is an optimisation: a source that does not
-    exist or does not match is reported through ``say`` and the variant is trained as usual.
+    Reuse is an optimisation: a source that does not exist or does not match is reported through
+    ``say`` (one line per variant) and the variant is trained as usual.
     """
     reused = {}
     for variant in config.variants:
-        target = run_dir / variant
-        if target.exists():
+        if (run_dir / variant).exists():
             continue  # begun in this directory already (a resumed run): continue it here
         reasons = []
         for source in map(Path, sources):
-            if not source.exists():
-                reasons.append(f"{source} does not exist")
-                continue
-            reason = reuse_mismatch(source, variant, config, dataset)
+            reason = (
+                reuse_mismatch(source, variant, config, dataset)
+                if source.exists()
+                else f"{source} does not exist"
+            )
             if reason is None:
-                copy_variant(source / variant, target)
                 reused[variant] = source
                 break
             reasons.append(reason)

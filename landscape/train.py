@@ -127,7 +127,10 @@ def build_model(config: ModelConfig, num_classes: int = 10) -> nn.Module:
         num_classes=num_classes,
         conv_impl=config.conv_impl,
         noise=NoiseConfig(
-            config.noise_mu, config.noise_sigma, config.noise_r_mu, config.noise_r_sigma
+            n_mu=config.noise_mu,
+            n_sigma=config.noise_sigma,
+            r_mu=config.noise_r_mu,
+            r_sigma=config.noise_r_sigma,
         ),
     )
 

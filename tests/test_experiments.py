@@ -152,3 +152,9 @@ def test_variables_may_name_the_fixed_placeholders(tmp_path):
     assert run[run.index("--reuse") + 1] == values["reuse"]
     overridden = variables_for(exp, "quick", tmp_path / "x", None, {"reuse": "elsewhere"})
     assert overridden["reuse"] == "elsewhere"
+
+
+def test_out_and_root_cannot_be_set(tmp_path):
+    exp = load_experiment(REPO / "experiments" / "figure2_8_noisy_bn.toml")
+    with pytest.raises(ExperimentError, match="the output folder is chosen with --out"):
+        variables_for(exp, "quick", tmp_path / "x", None, {"root": "elsewhere"})

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -257,16 +258,58 @@ def test_reuse_copies_a_finished_identical_variant_and_trains_the_rest(
     assert "other settings (seed" in lines[0] and "does not exist" in lines[0]
 
 
-def test_reuse_refuses_an_unfinished_variant(tmp_path, tiny_config, tiny_dataset):
+def test_reuse_refuses_unfinished_or_extended_sources_and_leaves_them_untouched(
+    tmp_path, tiny_config, tiny_dataset
+):
+    """A source whose newest checkpoint or final evaluation is missing, or that was extended
+    from a shorter run, is not copied; looking into it never touches it (a write in progress
+    there, a .tmp-* folder, survives); a source that cannot be read is a reason, not an error."""
+    from landscape.runs import plan_reuse
+
+    cfg = tiny_config.replace(steps=4, variants=("standard",))
+    run(cfg, tmp_path / "src", progress=False, dataset=tiny_dataset)
+    source = tmp_path / "src"
+    in_progress = source / "standard/checkpoints/.tmp-5"
+    in_progress.mkdir()
+
+    def reasons(sources=(source,)) -> str:
+        lines: list[str] = []
+        assert plan_reuse(tmp_path / "new", cfg, tiny_dataset, sources, lines.append) == {}
+        return lines[0]
+
+    assert plan_reuse(tmp_path / "new", cfg, tiny_dataset, [source]) == {"standard": source}
+    metrics = source / "standard/metrics.jsonl"
+    full = metrics.read_text()
+    metrics.write_text("".join(r + "\n" for r in full.splitlines() if '"test_accuracy"' not in r))
+    assert "no final evaluation at step 4" in reasons()
+    metrics.write_text(full + '{"step": 2, "test_accuracy": 0.5, "test_l')  # torn last line
+    assert plan_reuse(tmp_path / "new", cfg, tiny_dataset, [source]) == {"standard": source}
+    metrics.write_text(full + '{"step": 1, "test_accuracy": 0.5, "test_loss": 2.0}\n')
+    assert "extended from a shorter run" in reasons()
+    metrics.write_text(full)
+    shutil.rmtree(source / "standard/checkpoints/4")
+    assert "not finished (newest checkpoint 3 of 4)" in reasons()
+    assert in_progress.is_dir()
+    (source / "config.json").write_text("{not json")
+    assert "could not be read" in reasons()
+
+
+def test_train_reuses_a_probed_run_without_its_probe_records(tmp_path, tiny_config, tiny_dataset):
+    """Probing does not change training, so ``train --reuse`` takes a probed run's variant (its
+    checkpoints and metrics, not its probe records); order of the reports follows the config."""
     cfg = tiny_config.replace(steps=3, variants=("standard",))
-    run(cfg, tmp_path / "short", progress=False, dataset=tiny_dataset)
-    lines: list[str] = []
-    run(
-        cfg.replace(steps=5),
-        tmp_path / "long",
+    run(cfg, tmp_path / "probed", progress=False, dataset=tiny_dataset)
+    reports = run(
+        cfg.replace(variants=("batchnorm", "standard")),
+        tmp_path / "trained",
         progress=False,
+        probe_enabled=False,
         dataset=tiny_dataset,
-        reuse=[tmp_path / "short"],
-        say=lines.append,
+        reuse=[tmp_path / "probed"],
     )
-    assert "trained here" in lines[0] and "steps" in lines[0]
+    assert [(r.variant, r.reused_from) for r in reports] == [
+        ("batchnorm", None),
+        ("standard", str(tmp_path / "probed")),
+    ]
+    copied = tmp_path / "trained/standard"
+    assert (copied / "metrics.jsonl").exists() and not (copied / "probe.jsonl").exists()
