@@ -210,7 +210,11 @@ def record_activations(
                     stats, after = layer_stats(arrays, unit), None
                     if consecutive:
                         nxt, _ = trainer.train_step(state, trainer.train_source(step))
-                        arrays = preact_fn(nxt.params, nxt.batch_stats, images, rng)
+                        # Step t + 1 with its own noise, as its training step draws it: for the
+                        # noisy variants the change includes the injected shift (the paper's
+                        # Fig. 2 point), and d_x(t) = x(t + 1) - x(t) of the saved records.
+                        rng_next = step_batch(nxt, {})["rng"]
+                        arrays = preact_fn(nxt.params, nxt.batch_stats, images, rng_next)
                         after = layer_stats(arrays, unit)
                     writer.write(
                         [activation_record(step, numbers, stats, after, unit, examples, mode)]

@@ -133,6 +133,41 @@ def test_consecutive_change_matches_the_saved_next_checkpoint(keep_all_run):
     assert np.any(np.abs(rows[2]["d_mean"]) > 0)
 
 
+def test_noisy_change_is_the_next_steps_own_draw(tmp_path):
+    """For noisy BatchNorm, step t + 1 is measured with its own noise (what training at t + 1
+    drew): the change recorded at t is the record at t + 1 minus the record at t, noise and all."""
+    from landscape.config import CheckpointConfig, ModelConfig, ProbeConfig, RunConfig
+    from landscape.data import synthetic_dataset
+    from landscape.runs import run
+
+    data = synthetic_dataset(seed=0, num_train=64, num_test=40)
+    config = RunConfig(
+        preset="test",
+        data="synthetic",
+        seed=2,
+        steps=3,
+        batch_size=8,
+        eval_every=0,
+        eval_batches=1,
+        log_every=1,
+        variants=("noisy_batchnorm",),
+        model=ModelConfig(width=0.0625, conv_impl="xla"),
+        checkpoint=CheckpointConfig(every=1, keep_all=True),
+        probe=ProbeConfig(enabled=False),
+    )
+    run(config, tmp_path / "run", progress=False, dataset=data)
+    written = record_activations(
+        tmp_path / "run", steps=[1, 2], layers=[2], examples=16, progress=False, dataset=data
+    )
+    rows = {r["step"]: r for r in read_rows(written["noisy_batchnorm"])}
+    for key in ("mean", "var", "unit_mean"):
+        change = np.subtract(rows[2][key], rows[1][key])
+        np.testing.assert_allclose(rows[1][f"d_{key}"], change, rtol=1e-4, atol=1e-6)
+    # The injected per-unit shift U(-0.5, 0.5) moves one unit's mean by far more than a step of
+    # BatchNorm training does on its own.
+    assert abs(rows[1]["d_unit_mean"][0]) > 1e-2
+
+
 def test_activations_command(keep_all_run):
     runner = CliRunner()
     args = ["activations", str(keep_all_run), "--every", "3", "--examples", "30"]
