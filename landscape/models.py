@@ -236,10 +236,11 @@ def create_model(
     check_noise(noise)
     impl: Any = conv_impl
     if conv_impl == "auto":
-        # On CPU, XLA's own convolution is 15-20% faster than the shifted form for a plain
-        # gradient on maps of 4x4 and larger, but inside a loop (the probe's lax.map, Lanczos'
-        # fori_loop, ICS's map over layers) it ran 28x slower (16 s against 0.6 s for the
-        # quick preset's probe); the shifted form is fast everywhere, so it is the CPU default.
+        # On CPU the shifted form is the fastest for a plain gradient of the quick preset's
+        # network (65 ms; 80 ms with XLA's convolution on maps of 4x4 and larger, 144 ms with
+        # XLA's everywhere), and XLA's convolution inside a loop (the probe's lax.map, Lanczos'
+        # fori_loop, ICS's map over layers) runs tens of times slower (a probe 17.5 s against
+        # 0.41 s). Measured on 2 cores with max_pool_2x2; see the README's Performance section.
         impl = "shifted" if jax.default_backend() == "cpu" else "xla"
     return VGG(
         depth=arch,
