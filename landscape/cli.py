@@ -578,7 +578,7 @@ ReuseOpt = Annotated[
     list[Path] | None,
     typer.Option(
         "--reuse",
-        help="A finished run to take variants from instead of training them again (repeatable): a variant is copied when that run trained it with the same settings (all but --variants, the data's path and the preset's name) on the same data (sha256) to the last step. Runs are deterministic, so the copy equals a rerun. Other variants train as usual; each is reported.",
+        help="A finished run to take variants from instead of training them again (repeatable): a variant is copied when that run trained it with the same settings (all but --variants, the data's path and the preset's name; the probe's too for train) on the same data (sha256), JAX version and kind of device, to the last step. Runs are deterministic, so the copy equals a rerun. Other variants train as usual; each is reported.",
     ),
 ]
 OverwriteOpt = Annotated[
