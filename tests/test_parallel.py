@@ -188,10 +188,20 @@ def test_an_interrupted_parallel_sweep_resumes(base, parallel, tmp_path):
     sweep_dir = tmp_path / "sweep"
     open_sweep(sweep_dir, base, GRID)
     names = [name for name, _, _ in configurations(base, GRID)]
-    command = [sys.executable, str(REPO / "cli.py"), "sweep", "--resume", str(sweep_dir),
-               "--parallel", "2", "--no-progress"]  # fmt: skip
+    # As from a terminal, whatever the test runner inherited: started in the background
+    # (`cmd &`), it ignores SIGINT, and the sweep would never see the Ctrl-C this test sends.
+    as_from_a_terminal = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    command = [sys.executable, "-c", as_from_a_terminal, str(REPO / "cli.py"), "sweep",
+               "--resume", str(sweep_dir), "--parallel", "2", "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.time() + 120
     while time.time() < deadline and not all(
