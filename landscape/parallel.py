@@ -257,11 +257,18 @@ class _StepCounter:
         self.files = {v: run_dir / v / METRICS_FILE for v in variants}
         self.offsets = dict.fromkeys(variants, 0)
         self.steps = dict.fromkeys(variants, 0)
+        self.inodes: dict[str, int | None] = dict.fromkeys(variants)
 
     def __call__(self) -> int:
         for variant, path in self.files.items():
             try:
                 with open(path, "rb") as f:
+                    inode = os.fstat(f.fileno()).st_ino
+                    if inode != self.inodes[variant]:
+                        # A new file, or the old one replaced: a resumed run rewrites it
+                        # without the rows past its checkpoint (results.truncate_rows).
+                        self.inodes[variant] = inode
+                        self.offsets[variant] = self.steps[variant] = 0
                     f.seek(self.offsets[variant])
                     chunk = f.read()
             except FileNotFoundError:
@@ -332,6 +339,15 @@ def run_parallel(
     events (name, exit code, log path, last log line).
     """
     sweep_dir = Path(sweep_dir)
+    # Bad --parallel/--devices are refused before the sweep directory is touched.
+    backend = backend or detect_backend()
+    slots = plan_slots(parallel, backend, oversubscribe=oversubscribe)
+    # On a CPU --devices counts XLA host devices (forced with XLA_FLAGS), not the cores split.
+    if backend.platform != "cpu" and isinstance(devices, int) and devices > slots[-1].devices:
+        raise SweepError(
+            f"--devices {devices}: each of the {parallel} workers has only "
+            f"{slots[-1].devices} ({slots[-1].label})"
+        )
     base, grid = open_sweep(sweep_dir, base, grid)
     points = configurations(base, grid)
     total, finished, failures = len(points), 0, []
@@ -351,14 +367,6 @@ def run_parallel(
     summarize_sweep(sweep_dir)
     if not pending:
         return summarize_sweep(sweep_dir), failures
-    backend = backend or detect_backend()
-    slots = plan_slots(parallel, backend, oversubscribe=oversubscribe)
-    # On a CPU --devices counts XLA host devices (forced with XLA_FLAGS), not the cores split.
-    if backend.platform != "cpu" and isinstance(devices, int) and devices > slots[-1].devices:
-        raise SweepError(
-            f"--devices {devices}: each of the {parallel} workers has only "
-            f"{slots[-1].devices} ({slots[-1].label})"
-        )
     if prepare_data:
         from landscape.data import load_dataset
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -242,6 +243,7 @@ def test_cli_bad_parallel_is_one_line_and_exit_2(args, message, tmp_path):
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) <= 3
+    assert not (tmp_path / "s").exists()  # refused before the sweep directory is written
 
 
 def test_more_devices_per_run_than_a_worker_has_is_refused(base, tmp_path):
@@ -249,3 +251,27 @@ def test_more_devices_per_run_than_a_worker_has_is_refused(base, tmp_path):
         run_parallel(
             tmp_path / "s", base, GRID, parallel=2, devices=2, backend=Backend("cuda", 2, "test")
         )
+
+
+def test_step_counter_starts_over_when_a_resumed_run_rewrites_its_records(tmp_path):
+    """The progress count reads only new bytes, and starts over when the file is replaced (a
+    resumed run drops the rows past its checkpoint by rewriting the file)."""
+    from landscape.parallel import _StepCounter
+
+    path = tmp_path / "standard" / "metrics.jsonl"
+    path.parent.mkdir()
+
+    def write(steps, mode="w"):
+        with open(path, mode) as f:
+            f.writelines(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in steps)
+
+    counter = _StepCounter(tmp_path, ["standard"])
+    assert counter() == 0
+    write(range(5))
+    assert counter() == 5
+    write(range(5, 7), mode="a")
+    assert counter() == 7
+    replacement = path.with_suffix(".tmp")
+    replacement.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(3)))
+    replacement.replace(path)
+    assert counter() == 3
