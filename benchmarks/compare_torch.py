@@ -45,6 +45,7 @@ from torch_reference import (
 from landscape.bench import machine
 from landscape.config import norm_for_variant, preset
 from landscape.data import load_dataset
+from landscape.models import resolved_conv_impls
 from landscape.runs import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "torch_vs_jax.jsonl"
@@ -148,7 +149,7 @@ def compare(
             "variant": variant,
             "data": dataset.name,
             "model": dataclasses.asdict(config.model_for(variant)),
-            "conv_impl_resolved": trainer.model.conv_impl,
+            "conv_impl_resolved": resolved_conv_impls(config.model.arch, config.model.conv_impl),
             "batch_size": config.batch_size,
             "etas": etas_np.tolist(),
             "probe_strategy": trainer.probe_strategy,

@@ -51,6 +51,8 @@ def machine() -> dict[str, Any]:
         # Other work on the machine changes absolute times and even ratios (PyTorch's threads
         # suffer more from sharing cores than XLA's): keep the load beside every figure.
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # Including what landscape.xla_tuning added: the convolutions XLA uses depend on it.
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 

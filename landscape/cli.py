@@ -199,7 +199,7 @@ def build_config(
 
 def validate(config: RunConfig) -> None:
     """Raises CliError for settings the library would reject later, before any work starts."""
-    from landscape.models import NORMALIZERS, PLACEMENTS, VGG_CONFIGS
+    from landscape.models import CONV_IMPLS, NORMALIZERS, PLACEMENTS, VGG_CONFIGS
     from landscape.probe import STRATEGIES
 
     if config.model.arch not in VGG_CONFIGS and not is_dln(config.model.arch):
@@ -223,9 +223,9 @@ def validate(config: RunConfig) -> None:
         raise CliError(
             f"unknown --placement {config.model.placement!r}; choose {' or '.join(PLACEMENTS)}"
         )
-    if config.model.conv_impl not in ("auto", "xla", "shifted"):
+    if config.model.conv_impl not in CONV_IMPLS:
         raise CliError(
-            f"unknown --conv-impl {config.model.conv_impl!r}; choose auto, xla or shifted"
+            f"unknown --conv-impl {config.model.conv_impl!r}; choose {', '.join(CONV_IMPLS)}"
         )
     for name, least in NOISE_MINIMUM.items():  # Algorithm 1's constants (Sec. 2.1)
         value = getattr(config.model, name)
@@ -494,7 +494,7 @@ ConvOpt = Annotated[
     str | None,
     typer.Option(
         "--conv-impl",
-        help="Convolution implementation: auto (default: shifted-matmul on CPU, XLA's elsewhere), xla or shifted. Same numbers, different speed.",
+        help="Convolution implementation: auto (default: on CPU canonical for maps of 4x4 and more and shifted-matmul below, XLA's elsewhere), xla (JAX's gradient), canonical (XLA's convolution with a gradient that stays fast inside loops) or shifted. Same numbers to float32 rounding, different speed.",
     ),
 ]
 # Algorithm 1's constants (Sec. 2.1). Text, parsed by build_config: a non-number is one line.

@@ -44,7 +44,7 @@ class ModelConfig:
     width: float = 1.0
     norm: str = "none"
     placement: str = "before"
-    conv_impl: str = "auto"  # "xla", "shifted", or "auto" (shifted on CPU, XLA's elsewhere)
+    conv_impl: str = "auto"  # "auto", "xla", "canonical" or "shifted" (models.auto_conv_impl)
     # Algorithm 1's noise constants (Sec. 2.1), the paper's values by default; only the variants
     # noisy_batchnorm and noisy_none use them (landscape.norms.NoiseConfig holds the same).
     noise_mu: float = 0.5  # n_mu: per-unit shift mu_j ~ U(-n_mu, n_mu)

@@ -48,14 +48,98 @@ def scaled_width(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _same_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    # Stride 1, one pixel of zero padding on each side: for a 3x3 kernel the 'same' convolution.
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC
+    )
+
+
+@jax.custom_vjp
+def conv3x3_canonical(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Returns the 'same' 3x3 convolution of ``x`` (NHWC) with ``kernel`` (HWIO), no bias.
+
+    The value is ``lax.conv_general_dilated``'s; the gradient is written by hand so that all three
+    convolutions (forward, input gradient, kernel gradient) have XLA's canonical dimension
+    numbers (NHWC input, HWIO kernel, NHWC output), with the transposes as separate operations.
+    JAX's own transposition rule emits the two backward convolutions in other dimension orders.
+    XLA's CPU backend rewrites those into the canonical form, which it runs through its fast
+    library path, at the top level of a program but not inside a loop body (``lax.map``,
+    ``fori_loop``): there they fall back to a naive loop that ran 60x slower (2-core CPU,
+    128x16x16x16 -> 32 channels: 3.2 s against 0.05 s for 8 gradients). The values are identical
+    to JAX's rule. Second derivatives by ``jax.jvp`` of ``jax.grad`` (Hessian-vector products)
+    work; forward mode through the function alone (``jax.jvp`` of the loss) does not, as for any
+    ``jax.custom_vjp``.
+    """
+    return _same_conv(x, kernel)
+
+
+def _canonical_fwd(x, kernel):
+    return _same_conv(x, kernel), (x, kernel)
+
+
+def _canonical_bwd(residuals, dy):
+    x, kernel = residuals
+    # Input gradient: the 'same' convolution of dy with the kernel flipped in space and with its
+    # input and output channels swapped.
+    dx = _same_conv(dy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+    # Kernel gradient: a convolution of x with dy as the kernel, with x's channels as the batch
+    # and the batch as the channels: (Cin, H, W, B) * (H, W, B, Cout) -> (Cin, 3, 3, Cout).
+    dk = _same_conv(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3))
+    return dx, dk.transpose(1, 2, 0, 3)
+
+
+conv3x3_canonical.defvjp(_canonical_fwd, _canonical_bwd)
+
+
+CONV_IMPLS = ("auto", "xla", "canonical", "shifted")
+# On CPU the smallest feature map (height x width) that goes to XLA's convolution under "auto";
+# smaller maps use the shifted form.
+CPU_CONV_MIN_PIXELS = 16
+
+
+def auto_conv_impl(height: int, width: int, backend: str | None = None) -> str:
+    """Returns the convolution form ``impl="auto"`` uses for a ``height`` x ``width`` input.
+
+    Off the CPU: ``"xla"`` (cuDNN and its TPU counterpart handle every shape). On the CPU:
+    ``"canonical"`` for maps of at least 4x4 pixels and ``"shifted"`` below. Measured on the
+    quick preset's network (VGG-11 at width 1/4, batch 128, 2-core CPU, XLA's Eigen convolutions
+    as ``landscape.xla_tuning`` selects): a gradient 45 ms against 64 ms all shifted, and a probe
+    over 8 step sizes 280 ms against 395 ms. XLA's convolution on the 2x2 maps costs 4-9x the
+    shifted form, and XLA's own gradient rule inside the probe's loop 30x (see
+    ``conv3x3_canonical``).
+    """
+    if (backend or jax.default_backend()) != "cpu":
+        return "xla"
+    return "canonical" if height * width >= CPU_CONV_MIN_PIXELS else "shifted"
+
+
+def resolved_conv_impls(
+    arch: str, conv_impl: str = "auto", image_size: int = 32, backend: str | None = None
+) -> list[str]:
+    """Returns the convolution form each conv layer of VGG ``arch`` uses, first layer first."""
+    size, impls = image_size, []
+    for v in VGG_CONFIGS[arch]:
+        if v == "M":
+            size //= 2
+        else:
+            impls.append(auto_conv_impl(size, size, backend) if conv_impl == "auto" else conv_impl)
+    return impls
+
+
 class Conv3x3(nn.Module):
     """A 3x3, stride 1, 'same'-padded convolution with a choice of implementation.
 
-    ``impl="xla"`` is ``lax.conv_general_dilated``. ``impl="shifted"`` writes the same
-    convolution as nine shifted slices concatenated on channels followed by one matrix
-    product; on XLA's CPU backend it is much faster for small spatial sizes with many
-    channels (measured in the performance issue), and it gives the same numbers.
-    The parameters are the same in both (kernel HWIO, bias), so checkpoints are shared.
+    ``impl="xla"`` is ``lax.conv_general_dilated`` with JAX's gradient. ``"canonical"`` is the
+    same convolution with a gradient whose convolutions XLA's CPU backend runs fast inside loops
+    (``conv3x3_canonical``). ``"shifted"`` writes it as nine shifted slices concatenated on
+    channels followed by one matrix product, which XLA's CPU backend runs much faster than its
+    convolution for small maps with many channels. ``"auto"`` picks by backend and map size
+    (``auto_conv_impl``). All give the same numbers to float32 rounding, and the parameters are
+    the same (kernel HWIO, bias), so checkpoints are shared.
     """
 
     features: int
@@ -66,11 +150,14 @@ class Conv3x3(nn.Module):
         in_features = x.shape[-1]
         kernel = self.param("kernel", glorot, (3, 3, in_features, self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        if self.impl == "xla":
+        impl = auto_conv_impl(x.shape[1], x.shape[2]) if self.impl == "auto" else self.impl
+        if impl == "xla":
             y = jax.lax.conv_general_dilated(
                 x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
-        elif self.impl == "shifted":
+        elif impl == "canonical":
+            y = conv3x3_canonical(x, kernel)
+        elif impl == "shifted":
             height, width = x.shape[1], x.shape[2]
             padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
             patches = jnp.concatenate(
@@ -212,7 +299,7 @@ def create_model(
     norm: str = "none",
     placement: str = "before",
     num_classes: int = 10,
-    conv_impl: str = "xla",
+    conv_impl: str | Sequence[str] = "xla",
     noise: NoiseConfig = PAPER_NOISE,
 ) -> nn.Module:
     """Returns the Flax module named ``arch`` with the given normalisation and width.
@@ -234,21 +321,20 @@ def create_model(
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
     check_noise(noise)
-    impl: Any = conv_impl
-    if conv_impl == "auto":
-        # On CPU the shifted form is the fastest for a plain gradient of the quick preset's
-        # network (65 ms; 80 ms with XLA's convolution on maps of 4x4 and larger, 144 ms with
-        # XLA's everywhere), and XLA's convolution inside a loop (the probe's lax.map, Lanczos'
-        # fori_loop, ICS's map over layers) runs tens of times slower (a probe 17.5 s against
-        # 0.41 s). Measured on 2 cores with max_pool_2x2; see the README's Performance section.
-        impl = "shifted" if jax.default_backend() == "cpu" else "xla"
+    for impl in (conv_impl,) if isinstance(conv_impl, str) else conv_impl:
+        if impl not in CONV_IMPLS:
+            raise ValueError(
+                f"unknown convolution implementation {impl!r}; choose one of {', '.join(CONV_IMPLS)}"
+            )
+    if not isinstance(conv_impl, str):
+        conv_impl = tuple(conv_impl)
     return VGG(
         depth=arch,
         width=width,
         norm=norm,
         placement=placement,
         num_classes=num_classes,
-        conv_impl=impl,
+        conv_impl=conv_impl,
         noise=noise,
     )
 

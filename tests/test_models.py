@@ -6,7 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from landscape.models import count_params, create_model, init_variables
+from landscape.models import (
+    auto_conv_impl,
+    conv3x3_canonical,
+    count_params,
+    create_model,
+    init_variables,
+    resolved_conv_impls,
+)
 
 
 def vgg_param_count(widths, num_classes=10, batchnorm=False):
@@ -61,6 +68,112 @@ def test_shifted_convolution_matches_xla():
         variables = init_variables(model, jax.random.key(0), image_shape=(32, 32, 5))
         outs[impl] = model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
     np.testing.assert_allclose(outs["shifted"], outs["xla"], rtol=2e-5, atol=2e-6)
+
+
+def _xla_conv(x, kernel):
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 8])
+def test_canonical_convolution_gradient_equals_jax_rule_in_float64(size):
+    """The hand-written gradient against JAX's own rule, with a nonlinear loss, odd map sizes."""
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (3, size, size + 1, 4), jnp.float64)
+        kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 6), jnp.float64)
+        weight = jax.random.normal(jax.random.key(2), (3, size, size + 1, 6), jnp.float64)
+
+        def loss(conv):
+            return lambda x, k: jnp.sum(weight * jnp.tanh(conv(x, k)))
+
+        want = jax.grad(loss(_xla_conv), argnums=(0, 1))(x, kernel)
+        got = jax.grad(loss(conv3x3_canonical), argnums=(0, 1))(x, kernel)
+        np.testing.assert_allclose(conv3x3_canonical(x, kernel), _xla_conv(x, kernel), rtol=1e-12)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+        # Hessian-vector products (jvp of grad), as landscape.curvature computes them.
+        v = jax.random.normal(jax.random.key(3), kernel.shape, jnp.float64)
+
+        def hvp(conv):
+            return jax.jvp(lambda k: jax.grad(loss(conv), argnums=1)(x, k), (kernel,), (v,))[1]
+
+        np.testing.assert_allclose(hvp(conv3x3_canonical), hvp(_xla_conv), rtol=1e-10, atol=1e-12)
+
+
+def test_canonical_convolution_has_only_canonical_convolutions_inside_a_loop():
+    """The point of the form: inside lax.map every convolution XLA compiles is NHWC/HWIO, which
+    XLA's CPU backend runs through its library; JAX's own rule leaves the backward ones in other
+    dimension orders there (the slow path). Also the same gradients inside and outside the loop."""
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+
+    def grads(conv, k):
+        return jax.grad(lambda x, k: jnp.sum(conv(x, k) ** 2), argnums=(0, 1))(x, k)
+
+    scales = jnp.array([0.5, 1.0, 2.0])
+
+    def looped(conv):
+        return jax.jit(lambda k: jax.lax.map(lambda s: grads(conv, k * s), scales))
+
+    def dim_labels(conv):
+        hlo = looped(conv).lower(kernel).compile().as_text()
+        return {
+            line.split("dim_labels=")[1].split(",")[0]
+            for line in hlo.splitlines()
+            if " convolution(" in line
+        }
+
+    assert dim_labels(conv3x3_canonical) == {"b01f_01io->b01f"}
+    assert dim_labels(_xla_conv) != {"b01f_01io->b01f"}  # what the custom gradient avoids
+    in_loop = looped(conv3x3_canonical)(kernel)
+    for i, s in enumerate(scales):
+        for g, w in zip((a[i] for a in in_loop), grads(_xla_conv, kernel * s), strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_convolution_form_by_backend_and_map_size():
+    assert auto_conv_impl(32, 32, "cpu") == "canonical"
+    assert auto_conv_impl(4, 4, "cpu") == "canonical"
+    assert auto_conv_impl(2, 2, "cpu") == "shifted"
+    assert auto_conv_impl(2, 2, "gpu") == "xla"
+    assert auto_conv_impl(32, 32, "tpu") == "xla"
+    # VGG-11's maps are 32, 16, 8, 8, 4, 4, 2, 2 pixels wide.
+    assert (
+        resolved_conv_impls("vgg11", "auto", backend="cpu") == ["canonical"] * 6 + ["shifted"] * 2
+    )
+    assert resolved_conv_impls("vgg11", "auto", backend="gpu") == ["xla"] * 8
+    assert resolved_conv_impls("vgg13", "shifted") == ["shifted"] * 10
+
+
+@pytest.mark.parametrize("impl", ["canonical", "auto"])
+def test_every_convolution_form_gives_the_same_network(impl):
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    y = jax.random.randint(jax.random.key(2), (4,), 0, 10)
+
+    def value_and_grad(conv_impl):
+        model = create_model("vgg11", width=0.0625, norm="batchnorm", conv_impl=conv_impl)
+        variables = init_variables(model, jax.random.key(0))
+
+        def loss(params):
+            logits, _ = model.apply(
+                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            )
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+
+        return jax.value_and_grad(loss)(variables["params"])
+
+    (v, g), (v_ref, g_ref) = value_and_grad(impl), value_and_grad("xla")
+    np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
+
+
+def test_unknown_convolution_form_is_refused():
+    with pytest.raises(ValueError, match="unknown convolution implementation 'fft'"):
+        create_model("vgg11", conv_impl="fft")
+    with pytest.raises(ValueError, match="unknown convolution implementation 'fft'"):
+        create_model("vgg11", conv_impl=("xla", "fft"))
 
 
 def test_batchnorm_train_mode_normalises_with_batch_statistics_eval_with_running():
