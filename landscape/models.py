@@ -107,10 +107,10 @@ def auto_conv_impl(height: int, width: int, backend: str | None = None) -> str:
     Off the CPU: ``"xla"`` (cuDNN and its TPU counterpart handle every shape). On the CPU:
     ``"canonical"`` for maps of at least 4x4 pixels and ``"shifted"`` below. Measured on the
     quick preset's network (VGG-11 at width 1/4, batch 128, 2-core CPU, XLA's Eigen convolutions
-    as ``landscape.xla_tuning`` selects): a gradient 45 ms against 64 ms all shifted, and a probe
-    over 8 step sizes 280 ms against 395 ms. XLA's convolution on the 2x2 maps costs 4-9x the
-    shifted form, and XLA's own gradient rule inside the probe's loop 30x (see
-    ``conv3x3_canonical``).
+    as ``landscape.xla_tuning`` selects): a gradient 49 ms against 64 ms all shifted, and a probe
+    over 8 step sizes 276 ms against 395 ms (side by side in one process). XLA's convolution on
+    the 2x2 maps costs 4-9x the shifted form, and XLA's own gradient rule inside the probe's loop
+    30x (see ``conv3x3_canonical``).
     """
     if (backend or jax.default_backend()) != "cpu":
         return "xla"

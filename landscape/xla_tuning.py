@@ -3,8 +3,8 @@
 jaxlib 0.10's CPU backend hands convolutions to YNNPACK. For the convolutions of the paper's VGG
 networks its Eigen convolutions are faster: on a 2-core CPU, the forward and both backward
 convolutions of a 64 -> 64 channel layer at 8x8 took 4.8 ms against 9.0 ms, and a probe over 8
-step sizes of the quick preset's network 280 ms against 377 ms (``benchmarks/compare_torch.py``
-and the README's Performance section have the side-by-side figures). Matrix products keep
+step sizes of the quick preset's network 276 ms against 377 ms (separate processes; the README's
+Performance section has the side-by-side figures against PyTorch). Matrix products keep
 YNNPACK, which is the faster of the two there.
 
 XLA reads ``$XLA_FLAGS`` once, when JAX starts its first backend, and rejects a flag it does not
