@@ -152,9 +152,7 @@ class Conv3x3(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         impl = auto_conv_impl(x.shape[1], x.shape[2]) if self.impl == "auto" else self.impl
         if impl == "xla":
-            y = jax.lax.conv_general_dilated(
-                x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
+            y = _same_conv(x, kernel)
         elif impl == "canonical":
             y = conv3x3_canonical(x, kernel)
         elif impl == "shifted":

@@ -15,8 +15,9 @@ know, which would stop the process. So the flag is added only
 - unless ``LANDSCAPE_XLA_TUNING=0``.
 
 It takes effect only if no JAX computation ran in the process before ``landscape`` was imported
-(the ``landscape`` command always qualifies). Numbers agree with the untuned backend to float32
-rounding; ``landscape bench`` records the flags it ran with.
+(the ``landscape`` command always qualifies). One evaluation agrees with the untuned backend to
+float32 rounding (max-pool ties aside), though a long training run can drift from that rounding;
+``landscape bench`` records the flags it ran with.
 """
 
 from __future__ import annotations
