@@ -8,6 +8,9 @@
    a JAX train step, the JAX probe (the trainer's default strategy), a torch train step
    (forward, backward, SGD step) and the torch probe. Both probes reuse the training gradient,
    so each costs K gradient evaluations and a probed step is train step + probe.
+   The process runs with the ``landscape`` command's glibc malloc settings
+   (``landscape.malloc_tuning``; ``--no-malloc-tuning`` leaves glibc's defaults), which PyTorch
+   then shares.
 3. Appends one JSON line to ``benchmarks/results/torch_vs_jax.jsonl`` and prints a table.
 
 Needs the ``bench`` extra (torch); ``landscape`` itself never imports torch.
@@ -45,6 +48,7 @@ from torch_reference import (
 from landscape.bench import machine
 from landscape.config import norm_for_variant, preset
 from landscape.data import load_dataset
+from landscape.malloc_tuning import tune_malloc
 from landscape.models import resolved_conv_impls
 from landscape.runs import Trainer
 
@@ -192,7 +196,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--no-malloc-tuning",
+        dest="malloc_tuning",
+        action="store_false",
+        help="keep glibc's default malloc (the landscape command tunes it; both sides share it)",
+    )
     args = parser.parse_args(argv)
+    if args.malloc_tuning:
+        # As the landscape command does (landscape/malloc_tuning.py). It is process-wide, so
+        # PyTorch runs under it too; its own step time did not change with it (30 ms either way).
+        tune_malloc()
 
     config = preset(args.preset).replace(data=args.data)
     result = compare(

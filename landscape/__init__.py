@@ -31,6 +31,7 @@ _EXPORTS = {
     "surface": "landscape.surfaces",
     "interpolate": "landscape.surfaces",
     "run_sweep": "landscape.sweep",
+    "tune_malloc": "landscape.malloc_tuning",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -26,6 +26,7 @@ import numpy as np
 from landscape.checkpoints import Checkpointer
 from landscape.config import RunConfig
 from landscape.data import Dataset
+from landscape.malloc_tuning import malloc_tuned
 from landscape.runs import Trainer, make_probe_step, make_train_probe_step
 
 
@@ -53,6 +54,9 @@ def machine() -> dict[str, Any]:
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         # Including what landscape.xla_tuning added: the convolutions XLA uses depend on it.
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # Whether glibc keeps XLA's scratch memory mapped between calls (malloc_tuning.py): the
+        # landscape command's setting; it takes about a fifth off a CPU train step.
+        "malloc_tuning": malloc_tuned(),
     }
 
 

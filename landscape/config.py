@@ -100,7 +100,8 @@ class ProbeConfig:
     map_batch_size: int = 1
     # Train step and probe as one compiled program on probed steps (runs.make_train_probe_step).
     # Off by default: a second program to compile, and a recorded loss can differ in its last
-    # digit from the separate calls'; 0.87-0.94x a probed step on CPU; untested on GPU yet.
+    # digit from the separate calls'; on CPU 0.96-1.01x a probed step under the command's malloc
+    # settings (0.87-0.94x without them); untested on GPU yet.
     fuse: bool = False
 
     def grid(self, learning_rate: float) -> tuple[float, ...]:

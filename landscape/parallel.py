@@ -497,7 +497,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     try:
-        from landscape.cli import enable_compilation_cache
+        from landscape.cli import prepare_process
         from landscape.data import DataError
         from landscape.runs import RunError
         from landscape.sweep import run_configuration
@@ -506,7 +506,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     try:
         where = os.environ.get(SLOT_ENV, "the default devices")
         print(f"pid {os.getpid()}, {where}, cores {sorted(os.sched_getaffinity(0))}", flush=True)
-        enable_compilation_cache()
+        prepare_process()
         _cache_small_programs()
         base, grid = open_sweep(args.sweep_dir)
         configs = {name: config for name, _, config in configurations(base, grid)}

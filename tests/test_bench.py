@@ -16,6 +16,7 @@ def test_run_bench_reports_every_quantity(tmp_path, tiny_config, tiny_dataset):
     assert r["checkpoint"]["overhead_ratio"] > 0 and r["peak_rss_mib"] > 0
     assert r["fused"]["ratio"] == r["fused"]["run_s"] / r["fused"]["separate_s"] > 0
     assert result["settings"]["num_etas"] == 3 and result["machine"]["backend"] == "cpu"
+    assert isinstance(result["machine"]["malloc_tuning"], bool)
     run = r["run"]
     assert run["steps"] == 4 and run["steps_per_s"] > 0 and 0 < run["probe_share"] < 1
     assert run["rss_mib"]["max"] >= run["rss_mib"]["first"] > 0
