@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import gc
 import json
 import os
 import statistics
@@ -124,6 +125,11 @@ def compare(
     }
     for fn in candidates.values():  # warm-up: caches, thread pools, allocator
         fn()
+    # Importing torch leaves ~140,000 objects for Python's cyclic garbage collector: a full
+    # collection took ~45 ms, and one landing inside a timed call doubled a 36 ms JAX train step in
+    # some rounds. Freeze them (neither side's work creates cycles worth collecting here).
+    gc.collect()
+    gc.freeze()
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():

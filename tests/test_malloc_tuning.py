@@ -76,9 +76,11 @@ def test_tuning_stops_xla_scratch_memory_page_faulting_on_every_call():
     tuned, faults_tuned = _faults()
     untuned, faults_default = _faults(LANDSCAPE_MALLOC_TUNING="0")
     assert tuned and not untuned
-    # Every call maps its scratch memory afresh by default: more than 20 MB in 4 kB pages.
+    # Every call maps its scratch memory afresh by default: more than 20 MB in 4 kB pages
+    # (~10,300 faults). Tuned: 15-230, or ~3,000 in about one process in four, where a worker
+    # thread's own arena takes part of it (glibc unmaps an arena's extra heap once it is empty).
     assert faults_default > 20e6 / 4096
-    assert faults_tuned < faults_default / 10
+    assert faults_tuned < faults_default / 2
 
 
 @glibc_only
