@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.malloc_tuning:
         # As the landscape command does (landscape/malloc_tuning.py). It is process-wide, so
-        # PyTorch runs under it too; its own step time did not change with it (30 ms either way).
+        # PyTorch runs under it too; at width 1/4 its own times did not change with it (32-40 ms a train step either way); at full
+        # width it gains more than we do (README, Performance).
         tune_malloc()
 
     config = preset(args.preset).replace(data=args.data)

@@ -55,7 +55,7 @@ def machine() -> dict[str, Any]:
         # Including what landscape.xla_tuning added: the convolutions XLA uses depend on it.
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         # Whether glibc keeps XLA's scratch memory mapped between calls (malloc_tuning.py): the
-        # landscape command's setting; it takes about a fifth off a CPU train step.
+        # landscape command's setting; it takes about a quarter off a CPU train step.
         "malloc_tuning": malloc_tuned(),
     }
 

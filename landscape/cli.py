@@ -690,7 +690,7 @@ def probe(
         bool | None,
         typer.Option(
             "--fuse/--no-fuse",
-            help="Compile the training step and the probe of probed steps as one program (the gradient stays on the device, no dispatch between them). On the quick network's CPU benchmark a probed step took 0.96-1.01x the two separate calls under the command's malloc settings (0.87x without them: the saving was the second program's page faults), for a second program to compile (about 5 s, cached). The same training; a recorded loss can differ in its last digit (XLA sums it differently in the larger program). Default: off.",
+            help="Compile the training step and the probe of probed steps as one program (the gradient stays on the device, no dispatch between them). On the quick network's CPU benchmark a probed step took 0.96-1.01x the two separate calls under the command's malloc settings (0.87-0.94x without them: the saving was the second program's page faults), at the cost of compiling a second program (about 5 s, cached). The same training; a recorded loss can differ in its last digit (XLA sums it differently in the larger program). Default: off.",
         ),
     ] = None,
     checkpoint_every: CkptOpt = None,
@@ -794,6 +794,7 @@ def _reprobe(
 
     config = load_saved_config(run_dir)
     grid = parse_etas(etas) if etas else None
+    prepare_process()
     try:
         dataset = load_dataset(data or config.data, progress=progress)
         written = reprobe(run_dir, etas=grid, progress=progress, dataset=dataset, devices=devices)

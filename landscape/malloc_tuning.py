@@ -12,7 +12,8 @@ threshold and are reused. The README's Performance section has the figures.
 ``tune_malloc`` asks glibc, through ``mallopt``, to
 
 - serve every allocation from its heaps instead of separate mappings (``M_MMAP_MAX = 0``), and
-- keep freed memory instead of returning it to the system (``M_TRIM_THRESHOLD``),
+- keep freed memory instead of returning it to the system (``M_TRIM_THRESHOLD``; a worker
+  thread's own arena may still unmap an extra heap once it is empty),
 
 so the next call reuses the same, already mapped pages. The cost: the process's resident memory
 stays at its peak instead of shrinking between calls. Numbers do not change.
@@ -23,8 +24,9 @@ whole process manages memory. Call ``landscape.tune_malloc()`` in a notebook to 
 speed there. Nothing is done
 
 - off Linux/glibc,
-- when ``$MALLOC_MMAP_MAX_``, ``$MALLOC_TRIM_THRESHOLD_`` or a ``glibc.malloc`` entry of
-  ``$GLIBC_TUNABLES`` is set (yours win), or
+- when another allocator is preloaded (``LD_PRELOAD`` of tcmalloc, jemalloc...),
+- when ``$MALLOC_MMAP_MAX_``, ``$MALLOC_TRIM_THRESHOLD_``, ``$MALLOC_MMAP_THRESHOLD_``,
+  ``$MALLOC_TOP_PAD_`` or a ``glibc.malloc`` entry of ``$GLIBC_TUNABLES`` is set (yours win), or
 - with ``LANDSCAPE_MALLOC_TUNING=0``.
 """
 
@@ -36,7 +38,12 @@ import sys
 from collections.abc import Mapping
 
 OPT_OUT = "LANDSCAPE_MALLOC_TUNING"
-USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+USER_SETTINGS = (
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+)
 # mallopt's parameter numbers (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -53,6 +60,12 @@ def _glibc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018 - present in glibc only (not musl)
         libc.mallopt  # noqa: B018
+        # The process's malloc must be glibc's own, not a preloaded allocator's, whose mallopt
+        # (if any) would report success and change nothing.
+        glibc = ctypes.CDLL("libc.so.6")
+        ours = ctypes.cast(libc.malloc, ctypes.c_void_p).value
+        if ours != ctypes.cast(glibc.malloc, ctypes.c_void_p).value:
+            return None
     except (OSError, AttributeError):
         return None
     return libc
@@ -67,7 +80,7 @@ def _user_has_settings(environ: Mapping[str, str]) -> bool:
 def tune_malloc(environ: Mapping[str, str] | None = None) -> bool:
     """Applies the settings above to this process; returns True when they are in effect.
 
-    Returns False, changing nothing, off glibc, when opted out with ``LANDSCAPE_MALLOC_TUNING=0``
+    Returns False, changing nothing, off glibc (or with another allocator preloaded), when opted out with ``LANDSCAPE_MALLOC_TUNING=0``
     or when ``environ`` (default ``os.environ``) already holds malloc settings of the user's.
     Calling it again is harmless.
     """
@@ -83,7 +96,7 @@ def tune_malloc(environ: Mapping[str, str] | None = None) -> bool:
     mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    # mallopt returns 1 on success. Trim first: with mappings off, freed blocks land in the heap.
+    # mallopt returns 1 on success.
     for param, value in ((M_TRIM_THRESHOLD, NEVER_TRIM), (M_MMAP_MAX, 0)):
         if mallopt(param, value) != 1:
             return False

@@ -12,6 +12,11 @@ from landscape.config import CheckpointConfig, ModelConfig, ProbeConfig, RunConf
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Commands invoked in-process (CliRunner) would apply the landscape command's glibc malloc
+# settings to the whole test process (landscape/malloc_tuning.py); tests that check them start
+# fresh interpreters without this.
+os.environ.setdefault("LANDSCAPE_MALLOC_TUNING", "0")
+
 
 def real_cifar_jpeg() -> Path | None:
     """Returns the real CIFAR-10 JPEG archive (../shared/data or $LANDSCAPE_CIFAR_JPEG) or None."""

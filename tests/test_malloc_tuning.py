@@ -1,7 +1,7 @@
 """glibc malloc settings (landscape/malloc_tuning.py): when they apply, and that they work.
 
 The settings change the whole process, so everything that applies them runs in a fresh
-interpreter; the test process itself is only asked questions that change nothing.
+interpreter; conftest.py opts the test process itself out (commands run in-process there).
 """
 
 import os
@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from landscape.malloc_tuning import _glibc, tune_malloc
+from landscape.malloc_tuning import OPT_OUT, USER_SETTINGS, _glibc, tune_malloc
 
 glibc_only = pytest.mark.skipif(_glibc() is None, reason="needs Linux with glibc")
 
@@ -23,6 +23,8 @@ glibc_only = pytest.mark.skipif(_glibc() is None, reason="needs Linux with glibc
         {"LANDSCAPE_MALLOC_TUNING": "off"},
         {"MALLOC_MMAP_MAX_": "65536"},
         {"MALLOC_TRIM_THRESHOLD_": "131072"},
+        {"MALLOC_MMAP_THRESHOLD_": "131072"},
+        {"MALLOC_TOP_PAD_": "0"},
         {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"},
     ],
 )
@@ -52,6 +54,11 @@ FAULTS = textwrap.dedent(
     print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
     """
 )
+
+
+def _clean_environ() -> dict[str, str]:
+    ours = (*USER_SETTINGS, "GLIBC_TUNABLES", OPT_OUT)
+    return {k: v for k, v in os.environ.items() if k not in ours}
 
 
 def _faults(**env) -> tuple[bool, float]:
@@ -84,8 +91,8 @@ def test_tuning_stops_xla_scratch_memory_page_faulting_on_every_call():
 
 
 @glibc_only
-def test_the_landscape_commands_apply_it_before_their_work():
-    # Every command that trains or probes calls prepare_process first (cli.py).
+def test_prepare_process_applies_it():
+    # Every command that trains, probes or times calls prepare_process (cli.py) before its work.
     script = (
         "from landscape.cli import prepare_process\n"
         "from landscape.malloc_tuning import malloc_tuned\n"
@@ -93,8 +100,7 @@ def test_the_landscape_commands_apply_it_before_their_work():
         "prepare_process()\n"
         "print(malloc_tuned())\n"
     )
-    environ = {**os.environ, "LANDSCAPE_JAX_CACHE": "0"}
-    environ.pop("LANDSCAPE_MALLOC_TUNING", None)
+    environ = {**_clean_environ(), "LANDSCAPE_JAX_CACHE": "0"}
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=environ, timeout=120
     )
