@@ -37,6 +37,8 @@ import os
 import sys
 from collections.abc import Mapping
 
+from landscape.xla_tuning import opted_out
+
 OPT_OUT = "LANDSCAPE_MALLOC_TUNING"
 USER_SETTINGS = (
     "MALLOC_MMAP_MAX_",
@@ -86,7 +88,7 @@ def tune_malloc(environ: Mapping[str, str] | None = None) -> bool:
     """
     global _applied
     environ = os.environ if environ is None else environ
-    if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
+    if opted_out(environ, OPT_OUT):
         return False
     if _user_has_settings(environ):
         return False

@@ -23,13 +23,18 @@ float32 rounding (max-pool ties aside), though a long training run can drift fro
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from importlib import metadata
 
 FLAG = "xla_cpu_experimental_ynn_fusion_type"
 CPU_FLAGS = (f"--{FLAG}=-individual_convolution",)
 TESTED_JAXLIB = ("0.10.",)  # version prefixes on which the flag exists and was measured
 OPT_OUT = "LANDSCAPE_XLA_TUNING"
+
+
+def opted_out(environ: Mapping[str, str], name: str) -> bool:
+    """Returns whether ``environ[name]`` turns a tuning off (0, false, no or off; unset: on)."""
+    return environ.get(name, "1").strip().lower() in ("0", "false", "no", "off")
 
 
 def _jaxlib_version() -> str | None:
@@ -49,7 +54,7 @@ def tune_xla_cpu(
     user's ``XLA_FLAGS`` already sets the flag.
     """
     environ = os.environ if environ is None else environ
-    if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
+    if opted_out(environ, OPT_OUT):
         return ()
     version = jaxlib_version if jaxlib_version is not None else _jaxlib_version()
     if version is None or not version.startswith(TESTED_JAXLIB):
