@@ -15,7 +15,7 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,7 @@ import numpy as np
 from landscape.checkpoints import Checkpointer
 from landscape.config import RunConfig
 from landscape.data import Dataset
-from landscape.malloc_tuning import malloc_tuned
-from landscape.runs import Trainer, make_probe_step, make_train_probe_step
+from landscape.runs import Trainer, make_probe_step, make_train_probe_step, train_variant
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -36,8 +35,12 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def machine() -> dict[str, Any]:
-    """Returns a description of where the numbers were taken."""
+def machine(process: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Returns a description of where the numbers were taken.
+
+    ``process`` holds the caller's process settings that change speed (the command passes
+    ``landscape.app.runtime.describe()``); without it ``malloc_tuning`` is recorded as None.
+    """
     device = jax.devices()[0]
     return {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -52,11 +55,11 @@ def machine() -> dict[str, Any]:
         # Other work on the machine changes absolute times and even ratios (PyTorch's threads
         # suffer more from sharing cores than XLA's): keep the load beside every figure.
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        # Including what landscape.xla_tuning added: the convolutions XLA uses depend on it.
+        # Including the command's own CPU flags: the convolutions XLA uses depend on them.
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        # Whether glibc keeps XLA's scratch memory mapped between calls (malloc_tuning.py): the
-        # landscape command's setting; it takes about a quarter off a CPU train step.
-        "malloc_tuning": malloc_tuned(),
+        # Whether glibc keeps XLA's scratch memory mapped between calls (app/runtime.py).
+        "malloc_tuning": None,
+        **(process or {}),
     }
 
 
@@ -70,6 +73,7 @@ def run_bench(
     checkpoint_steps: int = 10,
     run_steps: int = 20,
     progress: Callable[[str], None] | None = None,
+    process: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measures one variant of ``config`` and returns the figures (seconds, ratios, bytes).
 
@@ -77,6 +81,7 @@ def run_bench(
     step and one gradient evaluation, per probe strategy its compile and run seconds and its
     cost relative to K gradient evaluations, the checkpoint overhead ratio, peak memory, and
     (``run_steps`` > 0) the steps/s and memory over steps of the whole run loop (``whole_run``).
+    ``process`` is recorded in ``machine`` (see ``machine``).
     """
     say = progress or (lambda message: None)
     trainer = Trainer(config, variant, dataset)
@@ -157,7 +162,7 @@ def run_bench(
     results["fastest_strategy"] = fastest
     results["probed_step_s"] = median["train_step"] + results["probe"][fastest]["run_s"]
     return {
-        "machine": machine(),
+        "machine": machine(process),
         "settings": {
             "preset": config.preset,
             "variant": variant,
@@ -236,8 +241,6 @@ def whole_run(config: RunConfig, variant: str, dataset: Dataset, steps: int) -> 
     the whole test set) and ``rss_slope_kib`` (least-squares growth per step over the second
     half of the training steps, KiB; flat memory is about 0).
     """
-    from landscape.runs import train_variant
-
     cfg = config.replace(
         variants=(variant,),
         steps=steps,
@@ -260,9 +263,9 @@ def whole_run(config: RunConfig, variant: str, dataset: Dataset, steps: int) -> 
         )
     loop_s = report.wall_s - report.compile_s
     # The last step's sample is taken after the run's final evaluation, which covers the whole
-    # test set in chunks of 1,000 images: its buffers (125-200 MB at the smoke preset) are a
-    # one-off, not growth per step. Left in, that single jump at the end of n samples reads as a
-    # least-squares slope of about 6 * jump / n^2 per step (8-18 KiB/step over 600 steps).
+    # test set in chunks of 1,000 images: its buffers are a one-off, not growth per step. Left
+    # in, that single jump at the end of n samples reads as a least-squares slope of about
+    # 6 * jump / n^2 per step, a leak that is not there (docs/performance.md#memory).
     during = rss[:-1] or rss
     half = np.asarray(during[len(during) // 2 :])
     slope = float(np.polyfit(np.arange(half.size), half, 1)[0]) * 1024 if half.size > 1 else 0.0
@@ -348,6 +351,7 @@ def time_variants(
     reference: str = "batchnorm",
     repeats: int = 7,
     progress: Callable[[str], None] | None = None,
+    process: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Times one train step of each variant of ``config``, side by side in one process.
 
@@ -372,7 +376,7 @@ def time_variants(
             times[name].append(_timed(fn))
     median = {name: statistics.median(ts) for name, ts in times.items()}
     return {
-        "machine": machine(),
+        "machine": machine(process),
         "settings": {
             "preset": config.preset,
             "arch": config.model.arch,

@@ -8,8 +8,9 @@ written into a temporary directory and renamed into place only when complete, so
 mid-write never leaves a half-written checkpoint that is read as good.
 
 Orbax's ``CheckpointManager`` (``format="orbax"``) is kept for interoperability; its per-save
-bookkeeping cost 1.28x a plain training step at the quick preset on a 2-core CPU, against a few
-per cent for the npz writer (``landscape bench`` measures both). ``restore`` reads either format,
+bookkeeping runs on the training thread, so it slows every step, where the npz writer does all
+its work on its own thread (``landscape bench`` measures both; docs/performance.md has the
+figures). ``restore`` reads either format,
 so runs saved by earlier versions stay readable.
 """
 

@@ -107,7 +107,7 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Returns the per-channel mean and std of uint8 NHWC images scaled to [0, 1] (float32, (3,))."""
     # A histogram of each channel's 256 values gives exact sums (no float accumulation error)
-    # and is three times faster than summing int64 copies; chunks bound the temporary.
+    # and is faster than summing int64 copies; chunks bound the temporary.
     counts = np.zeros((3, 256), np.int64)
     offsets = np.array([0, 256, 512], np.uint16)
     for start in range(0, len(images), 8192):

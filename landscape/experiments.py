@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from landscape import report as run_report
+
 PLAN_FILE = "experiment.json"
 LOG_FILE = "experiment.jsonl"
 REPORT_FILE = "report.html"
@@ -243,8 +245,6 @@ def write_combined_report(out: str | os.PathLike, title: str = "", description: 
 
     The page is self-contained (figures inline as base64 PNG). Returns its path.
     """
-    from landscape import report as run_report
-
     out = Path(out)
     plan_path = out / PLAN_FILE
     plan = json.loads(plan_path.read_text()) if plan_path.exists() else {}

@@ -16,7 +16,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from landscape.config import DLN_DEPTH, dln_depth, is_dln
+from landscape.config import (
+    CONV_IMPLS,
+    DLN_DEPTH,
+    PLACEMENTS,
+    dln_depth,
+    is_dln,
+    register_norm_name,
+)
 from landscape.norms import (
     PAPER_NOISE,
     NoiseConfig,
@@ -39,7 +46,7 @@ VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
     ),
 }
 
-# The paper initialises both variants with Glorot (SPEC, "Training protocol").
+# The paper initialises both variants with Glorot (docs/definitions.md#the-papers-protocol).
 glorot = nn.initializers.glorot_uniform()
 
 
@@ -68,9 +75,8 @@ def conv3x3_canonical(x: jax.Array, kernel: jax.Array) -> jax.Array:
     JAX's own transposition rule emits the two backward convolutions in other dimension orders.
     XLA's CPU backend rewrites those into the canonical form, which it runs through its fast
     library path, at the top level of a program but not inside a loop body (``lax.map``,
-    ``fori_loop``): there they fall back to a naive loop that ran 60x slower (2-core CPU,
-    128x16x16x16 -> 32 channels: 3.2 s against 0.05 s for 8 gradients). The values are identical
-    to JAX's rule. Second derivatives by ``jax.jvp`` of ``jax.grad`` (Hessian-vector products)
+    ``fori_loop``): there they fall back to a naive loop, many times slower (docs/performance.md
+    has the measurement). The values are identical to JAX's rule. Second derivatives by ``jax.jvp`` of ``jax.grad`` (Hessian-vector products)
     work; forward mode through the function alone (``jax.jvp`` of the loss) does not, as for any
     ``jax.custom_vjp``.
     """
@@ -95,7 +101,6 @@ def _canonical_bwd(residuals, dy):
 conv3x3_canonical.defvjp(_canonical_fwd, _canonical_bwd)
 
 
-CONV_IMPLS = ("auto", "xla", "canonical", "shifted")
 # On CPU the smallest feature map (height x width) that goes to XLA's convolution under "auto";
 # smaller maps use the shifted form.
 CPU_CONV_MIN_PIXELS = 16
@@ -105,12 +110,11 @@ def auto_conv_impl(height: int, width: int, backend: str | None = None) -> str:
     """Returns the convolution form ``impl="auto"`` uses for a ``height`` x ``width`` input.
 
     Off the CPU: ``"xla"`` (cuDNN and its TPU counterpart handle every shape). On the CPU:
-    ``"canonical"`` for maps of at least 4x4 pixels and ``"shifted"`` below. Measured on the
-    quick preset's network (VGG-11 at width 1/4, batch 128, 2-core CPU, XLA's Eigen convolutions
-    as ``landscape.xla_tuning`` selects): a gradient 49 ms against 64 ms all shifted, and a probe
-    over 8 step sizes 276 ms against 395 ms (side by side in one process). XLA's convolution on
-    the 2x2 maps costs 4-9x the shifted form, and XLA's own gradient rule inside the probe's loop
-    30x (see ``conv3x3_canonical``).
+    ``"canonical"`` for maps of at least 4x4 pixels and ``"shifted"`` below. On the larger maps
+    XLA's convolution (Eigen's, as ``landscape.app.runtime`` selects) beats the shifted slices;
+    on the 2x2 maps it costs several times the shifted form. The canonical
+    gradient keeps XLA's convolutions fast inside the probe's loop (see ``conv3x3_canonical``).
+    docs/performance.md has the measurements.
     """
     if (backend or jax.default_backend()) != "cpu":
         return "xla"
@@ -183,7 +187,7 @@ def _no_norm(train: bool) -> None:
 def _batchnorm(train: bool) -> nn.Module:
     # PyTorch-compatible constants (momentum 0.1 there == 0.9 here, eps 1e-5). In train mode the
     # batch statistics normalise and the running averages are updated; in eval mode the running
-    # averages normalise (SPEC, "From the seed notes").
+    # averages normalise (docs/definitions.md#notation, train mode / eval mode).
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
 
 
@@ -198,7 +202,6 @@ NORMALIZERS: dict[str, NormFactory] = {
     "l2": lp_norm_factory(2),
     "linf": lp_norm_factory(math.inf),
 }
-PLACEMENTS = ("before", "after")  # normalisation before or after the activation
 # The names whose factory also takes ``noise=NoiseConfig(...)``: the model's Algorithm 1 constants
 # (ModelConfig.noise_*, the CLI's --noise-*) reach these two layers; every other layer ignores
 # them, including one registered under another name with its own constants (noisy_norm_factory).
@@ -208,6 +211,7 @@ NOISY_NORMALIZERS = ("noisy_batchnorm", "noisy_none")
 def register_normalizer(name: str, factory: NormFactory) -> None:
     """Registers a normalisation layer so every model can select it by ``name``."""
     NORMALIZERS[name] = factory
+    register_norm_name(name)
 
 
 def make_norm(name: str, train: bool, noise: NoiseConfig = PAPER_NOISE) -> nn.Module | None:
@@ -237,8 +241,8 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     The same values and the same gradient as ``nn.max_pool(x, (2, 2), strides=(2, 2))``: a tie
     sends the gradient to the first maximum in row-major order, as XLA's select-and-scatter and
     PyTorch do. Written as three element-wise comparisons of the window's four slices, because
-    the gradient of ``reduce_window`` (select-and-scatter) is slow on XLA's CPU backend: the
-    quick network's pooling layers took 8-20x longer forward and backward that way (2-core CPU).
+    the gradient of ``reduce_window`` (select-and-scatter) is slow on XLA's CPU backend
+    (docs/performance.md has the measurement).
     An odd row or column is dropped, as VALID pooling does.
     """
     b, h, w, c = x.shape
@@ -358,9 +362,9 @@ def loss_for_arch(arch: str) -> str:
     ``A x`` with ``||W_25 ... W_1 X - A X||_F^2`` summed over outputs *and* the samples of the
     full batch (App. A.1). The paper gives no reduction; the sum is the one its learning rate
     1e-6 is on the scale of (PyTorch's tutorial idiom ``(y_pred - y).pow(2).sum()`` at lr 1e-6).
-    With the mean over the 1,000 samples, lr 1e-6 barely moves the standard network (loss 90.4
-    -> 88.8 in 1,000 steps, measured); the sum at lr 1e-6 is exactly the mean at lr 1e-3: the same
-    trajectory, the probe's loss, gradient distance and beta 1,000 times larger.
+    With the mean over the 1,000 samples, lr 1e-6 barely moves the standard network
+    (docs/definitions.md#the-deep-linear-network); the sum at lr 1e-6 is exactly the mean at
+    lr 1e-3: the same trajectory, the probe's loss, gradient distance and beta 1,000 times larger.
     """
     return "sum_squared_error" if is_dln(arch) else "cross_entropy"
 

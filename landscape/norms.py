@@ -3,7 +3,8 @@
 Both are small Flax modules registered in ``landscape.models.NORMALIZERS``, so every model, the
 trainer, the probe and the CLI select them by name (``noisy_batchnorm``, ``noisy_none``, ``l1``,
 ``l2``, ``linf``). Like BatchNorm they act per unit (the last axis); a convolution's H and W count
-as batch, so "per sample" below means per (n, h, w) position (SPEC, Algorithm 1).
+as batch, so "per sample" below means per (n, h, w) position
+(docs/definitions.md#noisy-batchnorm-algorithm-1).
 
 Noisy BatchNorm (Santurkar et al. 2018, Sec. 2.1, Algorithm 1). After BatchNorm (its output,
 scale and shift included), at every training step and for every unit j draw
@@ -14,8 +15,9 @@ which the trainer derives from ``fold_in(state.rng, step)``: the training step a
 of that step see the same noise, and a run is reproducible. Only in training mode; in eval mode
 the layer is plain BatchNorm with its running averages.
 
-l_p normalisation (Sec. 3.3). Per unit j, with the activations ``a_ij`` of the batch (and H, W),
-``mean_j = mean_i a_ij`` and the l_p statistic of the activations *before* mean shifting
+l_p normalisation (Sec. 3.3; docs/definitions.md#l_p-normalisation). Per unit j, with the
+activations ``a_ij`` of the batch (and H, W), ``mean_j = mean_i a_ij`` and the l_p statistic of
+the activations *before* mean shifting
 
     ``norm_j = (mean_i |a_ij|^p)^(1/p)``  for p = 1, 2;   ``norm_j = max_i |a_ij|`` for p = inf,
 

@@ -1,7 +1,7 @@
 """Parallel sweeps: several configurations of a grid at once, each in its own worker process.
 
 ``run_parallel`` is ``sweep.run_sweep`` with N workers: every configuration that is not done
-runs as ``python -m landscape.parallel SWEEP_DIR NAME`` (a fresh interpreter: JAX must not be
+runs as ``python -m landscape.app.worker SWEEP_DIR NAME`` (a fresh interpreter: JAX must not be
 forked once initialised), with its own devices, and its output goes to
 ``SWEEP_DIR/logs/NAME.log``. The parent never imports JAX. The run directories, ``sweep.json``
 and ``summary.csv`` are the sequential sweep's, and each worker calls the same
@@ -13,8 +13,9 @@ Devices (``plan_slots``): on GPUs each worker sees its own ``count // N`` device
 process bounds); on a CPU each worker is pinned to its own ``cores // N`` cores. Pinning is what
 limits XLA's CPU threads in JAX 0.10.2: its intra-op pool is sized from the process's CPU
 affinity, while ``--xla_cpu_multi_thread_eigen=false`` leaves both pool threads busy
-(measured; ``benchmarks/sweep_parallel.py`` documents it). A failing configuration does not
-stop the others; it is returned, with its log, for the caller to report.
+(docs/devices.md#parallel-sweeps; docs/performance.md#parallel-sweeps says when parallel workers
+pay). A failing configuration does not stop the others; it is returned, with its log, for the
+caller to report.
 
 Numbers: on a CPU, XLA's runtime splits an operation among the threads it has, so a worker
 pinned to fewer cores than a sequential sweep's process sums in another order: records agree
@@ -26,7 +27,6 @@ The compiled programs are the same (one compilation-cache entry serves both).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -41,12 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from landscape.config import RunConfig
+from landscape.data import load_dataset
 from landscape.results import METRICS_FILE
 from landscape.sweep import SweepError, configurations, open_sweep, run_status, summarize_sweep
 
 LOG_DIR = "logs"
 CPUS_ENV = "LANDSCAPE_WORKER_CPUS"  # the cores a CPU worker pins itself to, before JAX starts
 SLOT_ENV = "LANDSCAPE_WORKER_SLOT"  # the slot's description, for the log
+# The worker processes' entry point: the application layer, which tunes the worker's process.
+WORKER_MODULE = "landscape.app.worker"
 # numpy's BLAS (data preparation) would otherwise start one thread per core in every worker.
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 GPU_VISIBLE = {"cuda": "CUDA_VISIBLE_DEVICES", "rocm": "HIP_VISIBLE_DEVICES"}
@@ -231,7 +234,7 @@ def worker_command(
     sweep_dir: Path, name: str, *, probe_enabled: bool, devices: int | str | None
 ) -> list[str]:
     """Returns the command line of the worker that runs configuration ``name``."""
-    command = [sys.executable, "-m", "landscape.parallel", str(sweep_dir), name]
+    command = [sys.executable, "-m", WORKER_MODULE, str(sweep_dir), name]
     if devices is not None:
         command += ["--devices", str(devices)]
     return command + ([] if probe_enabled else ["--no-probe"])
@@ -369,8 +372,6 @@ def run_parallel(
     if not pending:
         return summarize_sweep(sweep_dir), failures
     if prepare_data:
-        from landscape.data import load_dataset
-
         load_dataset(base.data, progress=False)
     package_root = str(Path(__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
@@ -427,108 +428,3 @@ def run_parallel(
 
 
 # ---- the worker ------------------------------------------------------------------------------
-
-
-def _pin_cpus() -> None:
-    """Pins this process to the cores its slot names, before JAX sizes its thread pools."""
-    cpus = os.environ.get(CPUS_ENV, "").strip()
-    if cpus and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
-
-
-def _stop_with_parent() -> None:
-    """Asks Linux to send SIGTERM when the parent sweep dies (killed, not just interrupted)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _cache_small_programs() -> None:
-    """Lets the persistent compilation cache keep programs that compile in under a second.
-
-    A sequential sweep compiles the ~130 small programs of eager model initialisation once and
-    keeps them in memory; every worker is a new process and would compile them all again
-    (measured: 8 s of a 60-step smoke run under load). With the cache on, the first worker
-    writes them and the others read them back.
-    """
-    import jax
-
-    if jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
-class _InterruptOnce:
-    """A SIGTERM/SIGINT handler: the first signal stops the run (KeyboardInterrupt, which keeps
-    its checkpoints); later ones are ignored so its clean-up is not interrupted. It stays a
-    Python handler: switching to SIG_IGN inside it would turn a signal already on its way into
-    "OSError: Signal 15 ignored due to race condition"."""
-
-    def __init__(self) -> None:
-        self.seen = False
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        if not self.seen:
-            self.seen = True
-            raise KeyboardInterrupt
-
-
-def worker_main(argv: Sequence[str] | None = None) -> int:
-    """Runs one configuration of a saved sweep (``python -m landscape.parallel DIR NAME``).
-
-    Returns the exit code: 0 done, 1 failed (the reason is the last line printed), 130
-    interrupted (the run keeps its checkpoints and resumes on the next sweep).
-    """
-    parser = argparse.ArgumentParser(prog="python -m landscape.parallel", description=__doc__)
-    parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("name")
-    parser.add_argument("--devices", default="all")
-    parser.add_argument("--no-probe", dest="probe", action="store_false")
-    args = parser.parse_args(argv)
-    _pin_cpus()
-    _stop_with_parent()
-    handler = _InterruptOnce()
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    start = time.perf_counter()
-    devices = int(args.devices) if args.devices.isdigit() else args.devices
-    try:
-        from landscape.cli import prepare_process
-        from landscape.data import DataError
-        from landscape.runs import RunError
-        from landscape.sweep import run_configuration
-    except KeyboardInterrupt:
-        return 130
-    try:
-        where = os.environ.get(SLOT_ENV, "the default devices")
-        print(f"pid {os.getpid()}, {where}, cores {sorted(os.sched_getaffinity(0))}", flush=True)
-        prepare_process()
-        _cache_small_programs()
-        base, grid = open_sweep(args.sweep_dir)
-        configs = {name: config for name, _, config in configurations(base, grid)}
-        if args.name not in configs:
-            raise SweepError(f"{args.name!r} is not a configuration of {args.sweep_dir}")
-        status = run_configuration(
-            args.sweep_dir,
-            args.name,
-            configs[args.name],
-            probe_enabled=args.probe,
-            progress=False,
-            devices=devices,
-        )
-    except KeyboardInterrupt:
-        print("interrupted; the run resumes from its newest checkpoint next time", flush=True)
-        return 130
-    except (DataError, RunError, SweepError) as err:
-        print(f"error: {err}", flush=True)
-        return 1
-    print(f"{args.name}: {status} -> done in {time.perf_counter() - start:.1f} s", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main())

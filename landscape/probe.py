@@ -51,12 +51,12 @@ def _scalar_loss(loss_fn: Callable, model_state: Any) -> Callable:
 
 
 def default_strategy(backend: str | None = None) -> str:
-    """Returns the fastest way to map over step sizes on ``backend`` (measured, see README).
+    """Returns the fastest way to map over step sizes on ``backend`` (docs/performance.md).
 
-    On CPU (2 cores, VGG-11 width 1/4, batch 128, 8 etas, shifted-matmul convolutions),
-    ``lax.map`` one eta at a time ran the probe in 0.92 s and compiled in 8 s, against 1.2 s and
-    22 s for the unrolled loop and 1.4 s for ``vmap``, whose batched convolutions XLA's CPU
-    backend runs slowly. On accelerators the batched version keeps the device busy.
+    On CPU, ``lax.map`` one eta at a time: its loop body is one gradient evaluation, where the
+    unrolled loop compiles K of them, and XLA's CPU backend runs ``vmap``'s batched convolutions
+    slowly. On accelerators the batched
+    version keeps the device busy.
     """
     backend = backend or jax.default_backend()
     return "map" if backend == "cpu" else "vmap"
@@ -89,7 +89,7 @@ def probe(
         probing shares them with the training update); computed here otherwise.
       strategy: how to map over etas: ``"unroll"`` (one after another in one program),
         ``"vmap"`` or ``"map"`` (``lax.map`` with ``map_batch_size``); None picks the fastest
-        measured for the backend (``default_strategy``).
+        for the backend (``default_strategy``).
 
     Returns:
       A ``ProbeResult`` of per-eta arrays of shape (K,) and the scalars ``loss0``, ``grad_norm``.

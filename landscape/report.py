@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from landscape import plots
-from landscape.results import load, load_metrics
+from landscape import __version__, plots
+from landscape.results import load, load_hessian, load_ics, load_metrics
 from landscape.summary import QUANTITIES, ratios, summarize_run
+from landscape.surface_records import load_surfaces
 
 REPORT_FILE = "report.html"
 _FIGURE_DPI = 110
@@ -306,7 +307,6 @@ def render_report(run_dir: str | os.PathLike) -> str:
 
 
 def _version() -> str:
-    from landscape import __version__
 
     return __version__
 
@@ -331,8 +331,6 @@ def surface_section(run_dir: str | os.PathLike) -> list[str]:
     One figure per picture (``landscape surface`` / ``landscape interpolate``), each captioned
     with what it shows, the directions' seed and the loss mode, and a table of the settings.
     """
-    from landscape.surface_records import load_surfaces
-
     pictures = load_surfaces(run_dir)
     if not pictures:
         return []
@@ -429,8 +427,6 @@ def shift_section(run_dir: str | os.PathLike, figures: dict) -> list[str]:
     ``figures`` are the ``SHIFT_FIGURES`` of ``plots.run_figures``; the ICS medians per variant
     and layer come from ``ics.jsonl``.
     """
-    from landscape.results import load_ics
-
     if not figures:
         return []
     parts = ["<h2>Internal covariate shift and distributional stability</h2>"]
@@ -459,8 +455,6 @@ _CURVATURE_COLUMNS = (
 
 def _curvature_section(run_dir: Path) -> list[str]:
     """The section on ``landscape hessian``'s records: medians per variant, and their ratio."""
-    from landscape.results import load_hessian
-
     hessian = load_hessian(run_dir)
     if not hessian:
         return []

@@ -263,7 +263,7 @@ def load_activations(run_dir: str | os.PathLike) -> dict[str, dict[int, dict[str
     return load_layer_records(run_dir, ACTIVATIONS_FILE, ACTIVATION_FIELDS)
 
 
-HESSIAN_FILE = "hessian.jsonl"  # written by landscape.curvature.sharpness_over_training
+HESSIAN_FILE = "hessian.jsonl"  # written by landscape.analyses.hessian.sharpness_over_training
 
 
 def load_hessian(

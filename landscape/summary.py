@@ -2,7 +2,8 @@
 
 The early phase matters: for its first ~150 steps a standard VGG sits on a plateau with tiny
 gradients and looks *smoother* than its BatchNorm twin, so a single overall number can hide the
-regime the paper describes (issue 3). Both are reported side by side.
+regime the paper describes (docs/definitions.md#the-landscape-probe, "The summary"). Both are
+reported side by side.
 """
 
 from __future__ import annotations

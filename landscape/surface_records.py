@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from landscape.results import RecordWriter, read_rows, truncate_rows
+from landscape.results import variants as run_variants
 
 SURFACES_DIR = "surfaces"
 
@@ -139,8 +140,6 @@ def load_surfaces(run_dir: str | os.PathLike) -> dict[str, dict[str, dict[str, A
 
     Variants come in the order of the run's config; files that are not records are skipped.
     """
-    from landscape.results import variants as run_variants
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return {}

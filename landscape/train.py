@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from landscape.config import ModelConfig, OptimizerConfig
 from landscape.data import batch_indices, normalize
+from landscape.mesh import place, replicated, split_batch
 from landscape.models import create_model, init_variables
 from landscape.norms import NoiseConfig
 
@@ -244,7 +245,7 @@ def make_eval_step(model: nn.Module, loss: str = "cross_entropy") -> Callable:
 class BatchSource:
     """Builds batches on the device from a dataset held there as uint8.
 
-    With a ``mesh`` (``landscape.sharding``) the data set is copied to every device and each
+    With a ``mesh`` (``landscape.mesh``) the data set is copied to every device and each
     batch comes back split along its first axis across them: each device gathers its own rows.
     """
 
@@ -265,8 +266,6 @@ class BatchSource:
         if mesh is None:
             self.images, self.labels = jax.device_put(images), jax.device_put(labels)
         else:
-            from landscape.sharding import place, replicated
-
             self.images, self.labels = place((images, labels), replicated(mesh))
         self.mean = jnp.asarray(mean, jnp.float32)
         self.std = jnp.asarray(std, jnp.float32)
@@ -283,8 +282,6 @@ class BatchSource:
     def _indices_on_device(self, idx: np.ndarray) -> jax.Array:
         if self.mesh is None:
             return jnp.asarray(idx)
-        from landscape.sharding import place, replicated, split_batch
-
         # A chunk that does not split evenly (the end of a test set) is kept whole everywhere.
         even = idx.shape[0] % self.mesh.devices.size == 0
         return place(idx, split_batch(self.mesh) if even else replicated(self.mesh))
