@@ -1,14 +1,43 @@
-"""Run configuration: frozen dataclasses, the presets, and JSON round-trips.
+"""Run configuration, the one contract every layer reads: frozen dataclasses, the presets, the
+names a setting may take, overrides by name, validation, and JSON round-trips.
 
 A run directory holds its full configuration as ``config.json``; ``RunConfig.from_dict`` reads
 it back, so a run can be resumed or re-probed with exactly the settings it was made with.
+
+Every setting a user may change is a ``Setting`` in ``SETTINGS``: its dotted name
+(``optimizer.learning_rate``), the short name users type (``lr``), its type and its rule.
+``override`` applies changes by either name, ``validate`` checks a whole configuration, and the
+command's options, the sweep's grid keys and the Python API all go through these two. Adding a
+field: the dataclass field, its ``Setting``, and (if the command should offer it) an option.
+
+This module imports no JAX: the command reads it to build its help.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+# The names each choice may take. The modules that implement them key their tables by these names
+# (models: architectures, normalisations, placements, convolution forms; probe: strategies;
+# train: optimisers; checkpoints: formats); a unit test checks that the two agree.
+VGG_ARCHS = ("vgg11", "vgg13", "vgg16", "vgg19")
+NORMS: list[str] = ["none", "batchnorm", "noisy_batchnorm", "noisy_none", "l1", "l2", "linf"]
+PLACEMENTS = ("before", "after")  # normalisation before or after the activation
+CONV_IMPLS = ("auto", "xla", "canonical", "shifted")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+PROBE_STRATEGIES = ("auto", "unroll", "vmap", "map")
+CHECKPOINT_FORMATS = ("npz", "orbax")
+
+
+def register_norm_name(name: str) -> None:
+    """Makes ``name`` a valid normalisation (``models.register_normalizer`` calls this)."""
+    if name not in NORMS:
+        NORMS.append(name)
+
 
 # Variant names as the paper uses them, mapped to the normalisation layer they select. Every other
 # variant is named after its layer in landscape.models.NORMALIZERS: noisy_batchnorm and noisy_none
@@ -44,9 +73,9 @@ class ModelConfig:
     width: float = 1.0
     norm: str = "none"
     placement: str = "before"
-    conv_impl: str = "auto"  # "auto", "xla", "canonical" or "shifted" (models.auto_conv_impl)
-    # Algorithm 1's noise constants (Sec. 2.1), the paper's values by default; only the variants
-    # noisy_batchnorm and noisy_none use them (landscape.norms.NoiseConfig holds the same).
+    conv_impl: str = "auto"  # one of CONV_IMPLS (models.auto_conv_impl)
+    # Algorithm 1's noise constants (docs/definitions.md#noisy-batchnorm-algorithm-1), the
+    # paper's values by default; only the variants noisy_batchnorm and noisy_none use them.
     noise_mu: float = 0.5  # n_mu: per-unit shift mu_j ~ U(-n_mu, n_mu)
     noise_sigma: float = 1.25  # n_sigma: per-unit scale sigma_j ~ U(1, n_sigma)
     noise_r_mu: float = 0.1  # r_mu: per-sample shift m_ij ~ U(mu_j - r_mu, mu_j + r_mu)
@@ -54,7 +83,7 @@ class ModelConfig:
 
 
 # The smallest value of each noise constant Algorithm 1 can draw with: three are half-widths or a
-# standard deviation (>= 0), and sigma_j ~ U(1, n_sigma) needs n_sigma >= 1 (norms.check_noise).
+# standard deviation (>= 0), and sigma_j ~ U(1, n_sigma) needs n_sigma >= 1.
 NOISE_MINIMUM: dict[str, float] = {
     "noise_mu": 0.0,
     "noise_sigma": 1.0,
@@ -65,7 +94,7 @@ NOISE_MINIMUM: dict[str, float] = {
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    name: str = "sgd"  # "sgd", "momentum", "adam"
+    name: str = "sgd"  # one of OPTIMIZERS
     learning_rate: float = 0.1
     momentum: float = 0.9  # used by "momentum" only
     weight_decay: float = 0.0
@@ -77,7 +106,7 @@ class CheckpointConfig:
     max_to_keep: int | None = 5  # the newest few are kept ...
     keep_period: int | None = 100  # ... and every k-th step forever
     keep_all: bool = False
-    # "npz": one file per step from a background thread (the default: a few per cent of a step);
+    # "npz": one file per step from a background thread (the default, the cheaper one);
     # "orbax": orbax's CheckpointManager, for interoperability (see checkpoints.py).
     format: str = "npz"
 
@@ -90,18 +119,17 @@ class CheckpointConfig:
 class ProbeConfig:
     enabled: bool = True
     # Step sizes as multiples of the learning rate: the paper's VGG grid spans [1/2, 4] x lr
-    # (SPEC, "The landscape probe"). ``etas`` (absolute) overrides the relative grid.
+    # (docs/definitions.md#the-landscape-probe). ``etas`` (absolute) overrides the relative grid.
     eta_min_factor: float = 0.5
     eta_max_factor: float = 4.0
     num_etas: int = 8
     etas: tuple[float, ...] | None = None
     every: int = 1  # probe every k-th checkpointed step
-    strategy: str = "auto"  # "unroll", "vmap", "map", "auto"
+    strategy: str = "auto"  # one of PROBE_STRATEGIES
     map_batch_size: int = 1
     # Train step and probe as one compiled program on probed steps (runs.make_train_probe_step).
-    # Off by default: a second program to compile, and a recorded loss can differ in its last
-    # digit from the separate calls'; on CPU 0.96-1.01x a probed step under the command's malloc
-    # settings (0.87-0.94x without them); untested on GPU yet.
+    # Off by default: a second program to compile for no gain on CPU (docs/performance.md), and
+    # a recorded loss can differ in its last digit from the separate calls'.
     fuse: bool = False
 
     def grid(self, learning_rate: float) -> tuple[float, ...]:
@@ -163,7 +191,7 @@ class RunConfig:
 
 
 PRESETS: dict[str, RunConfig] = {
-    # Synthetic data, a narrow VGG-11: the whole probe run well under a minute on 2 CPU cores.
+    # Synthetic data, a narrow VGG-11, few steps: a check that everything runs, on any CPU.
     "smoke": RunConfig(
         preset="smoke",
         data="synthetic",
@@ -190,7 +218,8 @@ PRESETS: dict[str, RunConfig] = {
         checkpoint=CheckpointConfig(every=1, max_to_keep=5, keep_period=50),
         probe=ProbeConfig(every=5),
     ),
-    # SPEC's full protocol (VGG-11, batch 128, lr 0.1, 15,000 steps, every step probed): for a GPU.
+    # The paper's full protocol (docs/definitions.md#the-papers-protocol: VGG-11, batch 128,
+    # lr 0.1, 15,000 steps, every step probed): for a GPU.
     "paper": RunConfig(
         preset="paper",
         data="cifar10",
@@ -205,7 +234,8 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 # The deep linear network of App. A.1: 25 bias-free 10x10 linear layers regressing y = A x on
-# 1,000 Gaussian inputs with full-batch gradient descent, probed on [1/100, 30] x lr (SPEC).
+# 1,000 Gaussian inputs with full-batch gradient descent, probed on [1/100, 30] x lr
+# (docs/definitions.md#the-deep-linear-network).
 _DLN_PROBE = ProbeConfig(eta_min_factor=0.01, eta_max_factor=30.0, num_etas=8, every=1)
 PRESETS["dln-paper"] = RunConfig(
     preset="dln-paper",
@@ -219,8 +249,8 @@ PRESETS["dln-paper"] = RunConfig(
     checkpoint=CheckpointConfig(every=1, max_to_keep=5, keep_period=500),
     probe=_DLN_PROBE,
 )
-# The same protocol for a few minutes on 2 CPU cores: the first 1,000 steps, every 5th
-# checkpointed and probed (a checkpoint costs ~100x a DLN training step on CPU).
+# The same protocol, short enough for a CPU: the first 1,000 steps, every 5th
+# checkpointed and probed (a checkpoint costs far more than a DLN training step).
 PRESETS["dln-quick"] = PRESETS["dln-paper"].replace(
     preset="dln-quick",
     steps=1_000,
@@ -236,3 +266,230 @@ def preset(name: str) -> RunConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+# --- settings by name: overrides and validation ---------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A setting a run cannot use, as one line naming the setting.
+
+    ``message`` holds ``{key}`` where the setting's name goes: ``str(err)`` names it as Python
+    users write it (``lr``), ``err.as_option()`` as the command's option (``--lr``).
+    """
+
+    def __init__(self, message: str, key: str = "") -> None:
+        self.message, self.key = message, key
+        super().__init__(message.format(key=key))
+
+    def as_option(self) -> str:
+        return self.message.format(key="--" + self.key.replace("_", "-"))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field a user may set: where it lives, how text parses, which values it may take."""
+
+    path: str  # dotted: "optimizer.learning_rate", or a top-level field: "seed"
+    kind: type  # int, float, str, bool or tuple
+    least: float | None = None  # numbers: the smallest allowed value
+    strict: bool = False  # numbers: must exceed ``least`` (not equal it)
+    optional: bool = False  # None is allowed
+    choices: Callable[[], Any] | None = None  # str: the allowed names (a function: NORMS grows)
+
+
+def _nonneg(path: str, kind: type = int) -> Setting:
+    return Setting(path, kind, least=0)
+
+
+def _positive(path: str, kind: type = int, optional: bool = False) -> Setting:
+    return Setting(path, kind, least=0, strict=True, optional=optional)
+
+
+# Keyed by the short name users type; ``override`` also takes the dotted path.
+SETTINGS: dict[str, Setting] = {
+    "data": Setting("data", str),
+    "seed": _nonneg("seed"),
+    "steps": _positive("steps"),
+    "batch_size": _positive("batch_size"),
+    "eval_every": _nonneg("eval_every"),
+    "eval_batches": _positive("eval_batches", optional=True),
+    "log_every": _positive("log_every"),
+    "variants": Setting("variants", tuple),
+    "arch": Setting("model.arch", str),
+    "width": _positive("model.width", float),
+    "placement": Setting("model.placement", str, choices=lambda: PLACEMENTS),
+    "conv_impl": Setting("model.conv_impl", str, choices=lambda: CONV_IMPLS),
+    **{name: Setting(f"model.{name}", float, least=least) for name, least in NOISE_MINIMUM.items()},
+    "optimizer": Setting("optimizer.name", str, choices=lambda: OPTIMIZERS),
+    "lr": _positive("optimizer.learning_rate", float),
+    "momentum": _nonneg("optimizer.momentum", float),
+    "weight_decay": _nonneg("optimizer.weight_decay", float),
+    "checkpoint_every": _nonneg("checkpoint.every"),
+    "max_to_keep": _positive("checkpoint.max_to_keep", optional=True),
+    "keep_period": _positive("checkpoint.keep_period", optional=True),
+    "keep_all": Setting("checkpoint.keep_all", bool),
+    "checkpoint_format": Setting("checkpoint.format", str, choices=lambda: CHECKPOINT_FORMATS),
+    "probe": Setting("probe.enabled", bool),
+    "eta_min_factor": _positive("probe.eta_min_factor", float),
+    "eta_max_factor": _positive("probe.eta_max_factor", float),
+    "num_etas": _positive("probe.num_etas"),
+    "etas": Setting("probe.etas", tuple, optional=True),
+    "probe_every": _positive("probe.every"),
+    "probe_strategy": Setting("probe.strategy", str, choices=lambda: PROBE_STRATEGIES),
+    "map_batch_size": _positive("probe.map_batch_size"),
+    "fuse": Setting("probe.fuse", bool),
+}
+_BY_PATH = {setting.path: name for name, setting in SETTINGS.items()}
+
+
+def setting_name(key: str) -> str:
+    """Returns the short name of a setting given by short name or dotted path (``-`` as ``_``);
+    raises ConfigError for an unknown one."""
+    key = key.strip().replace("-", "_")
+    if key in SETTINGS:
+        return key
+    if key in _BY_PATH:
+        return _BY_PATH[key]
+    raise ConfigError(f"unknown setting {key!r}; choose from {', '.join(SETTINGS)}")
+
+
+def parse_etas(text: str) -> tuple[float, ...]:
+    """Parses ``LO:HI:N`` (N evenly spaced step sizes) or a comma-separated list of them."""
+    try:
+        if ":" in text:
+            lo, hi, n = text.split(":")
+            count = int(n)
+            if count < 1:
+                raise ValueError
+            lo_f, hi_f = float(lo), float(hi)
+            if count == 1:
+                return (lo_f,)
+            return tuple(lo_f + (hi_f - lo_f) * i / (count - 1) for i in range(count))
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{{key}} {text!r}: use LO:HI:N (e.g. 0.05:0.4:8) or a list (0.05,0.1,0.2)", "etas"
+        ) from None
+
+
+def parse_value(key: str, text: str) -> Any:
+    """Returns the value of setting ``key`` written as text (``"0.1"``, ``"a,b"``, ``"true"``)."""
+    name = setting_name(key)
+    setting = SETTINGS[name]
+    text = text.strip()
+    if setting.optional and text.lower() == "none":
+        return None
+    if name == "etas":
+        return parse_etas(text)
+    if setting.kind is tuple:
+        return tuple(v.strip() for v in text.split(",") if v.strip())
+    if setting.kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{{key}} {text!r} is not true or false", name)
+    if setting.kind is str:
+        return text
+    try:
+        return setting.kind(text)
+    except ValueError:
+        what = "an integer" if setting.kind is int else "a number"
+        raise ConfigError(f"{{key}} {text!r} is not {what}", name) from None
+
+
+def _set_path(config: RunConfig, path: str, value: Any) -> RunConfig:
+    group, _, attr = path.rpartition(".")
+    if not group:
+        return config.replace(**{attr: value})
+    inner = dataclasses.replace(getattr(config, group), **{attr: value})
+    return config.replace(**{group: inner})
+
+
+def override(config: RunConfig, changes: Mapping[str, Any]) -> RunConfig:
+    """Returns ``config`` with ``changes`` applied: keys are short names (``lr``) or dotted
+    paths (``optimizer.learning_rate``), values are typed or text (parsed as ``parse_value``).
+
+    Raises ConfigError for an unknown key or unparsable text. It does not validate: call
+    ``validate`` on the result.
+    """
+    for key, value in changes.items():
+        name = setting_name(key)
+        if isinstance(value, str) and SETTINGS[name].kind is not str:
+            value = parse_value(name, value)
+        if SETTINGS[name].kind is tuple and value is not None:
+            value = tuple(value)
+        config = _set_path(config, SETTINGS[name].path, value)
+    return config
+
+
+def get_setting(config: RunConfig, key: str) -> Any:
+    """Returns the value of setting ``key`` (short name or dotted path) in ``config``."""
+    value: Any = config
+    for part in SETTINGS[setting_name(key)].path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_setting(key: str, value: Any) -> None:
+    """Raises ConfigError if ``value`` breaks setting ``key``'s own rule (type, sign, choice)."""
+    name = setting_name(key)
+    setting = SETTINGS[name]
+    if value is None:
+        if not setting.optional:
+            raise ConfigError("{key} must be given", name)
+        return
+    if setting.kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{{key}} must be a number, got {value!r}", name)
+        if setting.kind is int and value != int(value):
+            raise ConfigError(f"{{key}} must be an integer, got {value!r}", name)
+        if name in NOISE_MINIMUM and not (math.isfinite(value) and value >= setting.least):
+            raise ConfigError(
+                f"{{key}} must be a finite number >= {setting.least:g} (Algorithm 1), got {value:g}",
+                name,
+            )
+        if not math.isfinite(value):
+            raise ConfigError(f"{{key}} must be a finite number, got {value}", name)
+        if setting.least is not None:
+            if setting.strict and not value > setting.least:
+                raise ConfigError(f"{{key}} must be positive, got {value:g}", name)
+            if not value >= setting.least:
+                raise ConfigError(f"{{key}} must be >= {setting.least:g}, got {value:g}", name)
+    elif setting.choices is not None and value not in setting.choices():
+        raise ConfigError(f"unknown {{key}} {value!r}; choose {', '.join(setting.choices())}", name)
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Returns ``config`` if a run can use it; raises ConfigError (one line) otherwise.
+
+    Checks every setting's own rule, then how they fit together: the architecture against the
+    data, the variants' normalisations, a variant listed twice, the probe's step sizes.
+    """
+    for name in SETTINGS:
+        check_setting(name, get_setting(config, name))
+    arch = config.model.arch
+    if arch not in VGG_ARCHS and not is_dln(arch):
+        raise ConfigError(
+            f"unknown {{key}} {arch!r}; choose one of {', '.join(VGG_ARCHS)}, dln or dlnN", "arch"
+        )
+    dln_data = config.data == "dln" or config.data.startswith("dln:")
+    if is_dln(arch) != dln_data:
+        raise ConfigError(
+            f"{{key}} {arch} with data {config.data}: the deep linear network trains on data "
+            "dln (or dln:SEED), a VGG on image data; try the dln-quick preset",
+            "arch",
+        )
+    if not config.variants:
+        raise ConfigError("{key} needs at least one name", "variants")
+    for variant in config.variants:
+        if norm_for_variant(variant) not in NORMS:
+            choices = ", ".join(["standard", *(n for n in NORMS if n != "none")])
+            raise ConfigError(f"unknown variant {variant!r}; choose from {choices}", "variants")
+    if len(set(config.variants)) != len(config.variants):
+        raise ConfigError("{key} lists a variant twice", "variants")
+    etas = config.probe.etas
+    if etas is not None and (not etas or not all(math.isfinite(e) and e > 0 for e in etas)):
+        raise ConfigError(f"{{key}} {etas}: step sizes must be positive finite numbers", "etas")
+    return config

@@ -13,17 +13,24 @@ one table, written to ``SWEEP_DIR/summary.csv`` after every finished run and at 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import itertools
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from landscape.config import NOISE_MINIMUM, RunConfig
-from landscape.results import METRICS_FILE, load, read_rows
+from landscape.config import (
+    SETTINGS,
+    ConfigError,
+    RunConfig,
+    check_setting,
+    override,
+    parse_value,
+    setting_name,
+)
+from landscape.data import load_dataset
+from landscape.results import METRICS_FILE, load, load_metrics, read_rows
 from landscape.summary import median_finite
 
 SWEEP_FILE = "sweep.json"
@@ -34,41 +41,29 @@ class SweepError(Exception):
     """A user-facing problem with a sweep (the CLI prints the one-line message, exits 2)."""
 
 
-@dataclass(frozen=True)
-class GridKey:
-    """One axis a sweep may vary: how its values parse and how one is applied to a config."""
-
-    kind: type  # int, float or str
-    apply: Callable[[RunConfig, Any], RunConfig]
-    minimum: float | None = None  # smallest allowed number (None: any)
-    positive: bool = False  # numbers must be > 0 (not just >= minimum)
+# A grid may vary any setting of the configuration (``landscape.config.SETTINGS``, by its short
+# name or dotted path), and ``variant``: each configuration then trains that one variant.
+VARIANT_KEY = "variant"
 
 
-def _nested(field: str, attr: str) -> Callable[[RunConfig, Any], RunConfig]:
-    def apply(config: RunConfig, value: Any) -> RunConfig:
-        return config.replace(
-            **{field: dataclasses.replace(getattr(config, field), **{attr: value})}
-        )
-
-    return apply
+def grid_keys() -> list[str]:
+    """Returns the keys a grid may use: ``variant`` and every setting's short name."""
+    return [VARIANT_KEY, *SETTINGS]
 
 
-GRID_KEYS: dict[str, GridKey] = {
-    "seed": GridKey(int, lambda c, v: c.replace(seed=v), minimum=0),
-    "lr": GridKey(float, _nested("optimizer", "learning_rate"), positive=True),
-    "batch_size": GridKey(int, lambda c, v: c.replace(batch_size=v), positive=True),
-    "width": GridKey(float, _nested("model", "width"), positive=True),
-    "variant": GridKey(str, lambda c, v: c.replace(variants=(v,))),
-    "optimizer": GridKey(str, _nested("optimizer", "name")),
-    "arch": GridKey(str, _nested("model", "arch")),
-    "weight_decay": GridKey(float, _nested("optimizer", "weight_decay"), minimum=0),
-    "steps": GridKey(int, lambda c, v: c.replace(steps=v), positive=True),
-    # Algorithm 1's noise constants (Sec. 2.1), used by noisy_batchnorm and noisy_none only.
-    **{
-        name: GridKey(float, _nested("model", name), minimum=least)
-        for name, least in NOISE_MINIMUM.items()
-    },
-}
+def _apply(config: RunConfig, key: str, value: Any) -> RunConfig:
+    if key == VARIANT_KEY:
+        return config.replace(variants=(value,))
+    return override(config, {key: value})
+
+
+def _grid_value(key: str, text: str) -> Any:
+    """Returns one grid value parsed and checked by the setting's own rule."""
+    if key == VARIANT_KEY:
+        return text
+    value = parse_value(key, text)
+    check_setting(key, value)
+    return value
 
 
 def parse_grid(specs: list[str]) -> dict[str, list]:
@@ -83,25 +78,21 @@ def parse_grid(specs: list[str]) -> dict[str, list]:
         key = key.strip().replace("-", "_")
         if not sep or not text.strip():
             raise SweepError(f"--grid {spec!r}: use KEY=V1,V2,... (e.g. seed=0,1)")
-        if key not in GRID_KEYS:
-            raise SweepError(f"--grid: unknown key {key!r}; choose from {', '.join(GRID_KEYS)}")
+        if key != VARIANT_KEY:
+            try:
+                key = setting_name(key)
+            except ConfigError:
+                raise SweepError(
+                    f"--grid: unknown key {key!r}; choose from {', '.join(grid_keys())}"
+                ) from None
         if key in grid:
             raise SweepError(f"--grid: {key} is given twice; list all its values in one --grid")
-        rule = GRID_KEYS[key]
         values = []
         for item in (v.strip() for v in text.split(",")):
             try:
-                value = rule.kind(item)
-            except ValueError:
-                raise SweepError(
-                    f"--grid {key}: {item!r} is not {'an integer' if rule.kind is int else 'a number'}"
-                ) from None
-            if rule.kind is not str and (
-                (rule.positive and not value > 0)
-                or (rule.minimum is not None and not value >= rule.minimum)  # NaN too
-            ):
-                bound = "positive" if rule.positive else f">= {rule.minimum:g}"
-                raise SweepError(f"--grid {key}: {item!r} must be {bound}")
+                value = _grid_value(key, item)
+            except ConfigError as err:
+                raise SweepError(f"--grid {err}") from None
             if value in values:
                 raise SweepError(f"--grid {key}: {item!r} is listed twice")
             values.append(value)
@@ -125,7 +116,7 @@ def configurations(base: RunConfig, grid: dict[str, list]) -> list[tuple[str, di
         values = dict(zip(keys, combo, strict=True))
         config = base
         for key, value in values.items():
-            config = GRID_KEYS[key].apply(config, value)
+            config = _apply(config, key, value)
         name = "_".join(f"{k}={_label(v)}" for k, v in values.items()) or "base"
         out.append((name, values, config))
     return out
@@ -191,8 +182,6 @@ def run_sweep(
     name, status)`` is called before each configuration (status: new, partial or done).
     Returns ``summarize_sweep(sweep_dir)`` (also written to ``SWEEP_DIR/summary.csv``).
     """
-    from landscape.data import load_dataset
-
     sweep_dir = Path(sweep_dir)
     base, grid = open_sweep(sweep_dir, base, grid)
     points = configurations(base, grid)
@@ -232,6 +221,8 @@ def run_configuration(
     Returns the status it found (``"done"`` runs nothing). Shared by the sequential sweep and
     the worker processes of a parallel one (``landscape.parallel``), so both resume alike.
     """
+    # Imported here, not at the top: a parallel sweep's parent process plans and summarises
+    # with this module and must not start JAX before its workers pin their cores.
     from landscape.runs import run
 
     run_dir = Path(sweep_dir) / name
@@ -260,8 +251,6 @@ def summarize_sweep(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
     ``test_accuracy`` (fraction) and ``test_loss`` (nats). BatchNorm runs in training mode
     during the probe, as the optimiser sees the loss. Missing values are empty.
     """
-    from landscape.results import load_metrics
-
     sweep_dir = Path(sweep_dir)
     base, grid = open_sweep(sweep_dir)
     rows = []
