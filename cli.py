@@ -1,6 +1,6 @@
 """Run the ``landscape`` command from a checkout without installing: ``python cli.py --help``."""
 
-from landscape.cli import app
+from landscape.app.cli import main
 
 if __name__ == "__main__":
-    app()
+    main()

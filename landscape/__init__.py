@@ -1,25 +1,26 @@
 """landscape: loss-landscape probes of neural-network training (Santurkar et al. 2018) in JAX.
 
 The public API is re-exported lazily, so ``import landscape`` (and ``landscape --help``) does not
-start JAX until something that needs it is used.
+start JAX until something that needs it is used. Importing it changes nothing in the process: no
+environment variable, allocator setting or signal handler. The ``landscape`` command tunes its
+own process; ``landscape.tune_process()`` (``landscape.app.runtime``) does the same in a notebook.
 """
 
 from importlib import import_module
 from typing import Any
 
-from landscape.xla_tuning import tune_xla_cpu
-
 __version__ = "0.1.0"
-
-# Before JAX starts a backend: XLA's faster CPU convolutions for these networks (xla_tuning.py).
-tune_xla_cpu()
 
 _EXPORTS = {
     "ProbeResult": "landscape.probe",
+    "probe": "landscape.probe",
     "effective_beta": "landscape.probe",
     "band": "landscape.probe",
     "RunConfig": "landscape.config",
+    "ConfigError": "landscape.config",
     "preset": "landscape.config",
+    "override": "landscape.config",
+    "validate": "landscape.config",
     "load_dataset": "landscape.data",
     "create_model": "landscape.models",
     "run": "landscape.runs",
@@ -27,11 +28,12 @@ _EXPORTS = {
     "load": "landscape.results",
     "load_metrics": "landscape.results",
     "internal_covariate_shift": "landscape.ics",
-    "sharpness_over_training": "landscape.curvature",
-    "surface": "landscape.surfaces",
-    "interpolate": "landscape.surfaces",
+    "sharpness_over_training": "landscape.analyses.hessian",
+    "surface": "landscape.analyses.pictures",
+    "interpolate": "landscape.analyses.pictures",
     "run_sweep": "landscape.sweep",
-    "tune_malloc": "landscape.malloc_tuning",
+    "tune_process": "landscape.app.runtime",
+    "tune_malloc": "landscape.app.runtime",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

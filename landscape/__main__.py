@@ -1,3 +1,3 @@
-from landscape.cli import app
+from landscape.app.cli import main
 
-app(prog_name="landscape")
+main()

@@ -1,0 +1,311 @@
+"""Loss-landscape pictures of a finished run: ``landscape surface`` and ``landscape interpolate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from landscape.app import runtime
+from landscape.app.cli.common import (
+    CliError,
+    app,
+    check_positive,
+    console,
+    err_console,
+    fail,
+    load_saved_config,
+    parse_list,
+    parse_range,
+    parse_step,
+)
+from landscape.app.cli.options import ProgressOpt, RunDirArg
+
+PictureVariantsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--variants", help="Comma-separated variants to picture. Default: all of the run's."
+    ),
+]
+
+
+BatchesOpt = Annotated[
+    int,
+    typer.Option(
+        "--batches",
+        help="Training batches the loss is averaged over: those of steps N, N+1, ... (1, the default: the checkpoint step's own batch).",
+    ),
+]
+
+
+ModeOpt = Annotated[
+    str,
+    typer.Option(
+        "--mode",
+        help="train (default): BatchNorm normalises with each batch's statistics, as the optimiser sees the loss; eval: with the checkpoint's running averages.",
+    ),
+]
+
+
+ChunkOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--chunk",
+        help="Grid points per compiled call, each appended to the record when done. Default: 4 per device on CPU, 32 per device on accelerators.",
+    ),
+]
+
+
+GridStrategyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--strategy",
+        help="How a chunk's points are mapped: map (lax.map, the CPU default) or vmap (the accelerator default). Same numbers.",
+    ),
+]
+
+
+AccuracyOpt = Annotated[
+    bool, typer.Option("--accuracy/--no-accuracy", help="Also record the accuracy on the batches.")
+]
+
+
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="Record name: RUN_DIR/<variant>/surfaces/<name>.jsonl. Default: step<N>_<dims>d_<direction> or interp_<A>_<B>.",
+    ),
+]
+
+
+PictureDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data", help="The run's data, if it moved. Default: the data in its config.json."
+    ),
+]
+
+
+PictureOverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace a record made with other settings. Without it a rerun with the same settings evaluates only the missing points.",
+    ),
+]
+
+
+PictureFiguresOpt = Annotated[
+    bool,
+    typer.Option(
+        "--figures/--no-figures", help="Draw the picture into RUN_DIR/figures/ at the end."
+    ),
+]
+
+
+def _picture_options(mode: str, batches: int, chunk: int | None, strategy: str | None) -> None:
+    from landscape.surfaces import GRID_STRATEGIES, MODES
+
+    if mode not in MODES:
+        raise CliError(f"unknown --mode {mode!r}; choose train or eval")
+    check_positive("--batches", batches)
+    check_positive("--chunk", chunk)
+    if strategy is not None and strategy not in GRID_STRATEGIES:
+        raise CliError(f"unknown --strategy {strategy!r}; choose map or vmap")
+
+
+def _picture(run_dir: Path, data: str | None, progress: bool, figures: bool, call):
+    """Loads the run's data, runs ``call(dataset, on_progress)`` with a progress bar, draws."""
+    from landscape.data import DataError, load_dataset
+    from landscape.surface_records import SurfaceError
+    from landscape.surfaces import MODE_TEXT
+
+    config = load_saved_config(run_dir)
+    runtime.prepare_compute()
+    try:
+        dataset = load_dataset(data or config.data, progress=progress)
+        if progress:
+            from landscape.progress import progress_bar
+
+            with progress_bar("points", console=err_console) as bar:
+                tasks: dict[str, int] = {}
+
+                def on_progress(variant: str, done: int, total: int) -> None:
+                    if variant not in tasks:
+                        tasks[variant] = bar.add_task(variant, total=total)
+                    bar.update(tasks[variant], completed=done)
+
+                written = call(dataset, on_progress)
+        else:
+            written = call(dataset, None)
+    except (DataError, SurfaceError) as err:
+        fail(str(err))
+    from landscape.surface_records import load_record
+
+    for variant, path in written.items():
+        header = load_record(path)["header"]
+        mode = header["settings"]["mode"]
+        console.print(f"{variant}: {path} ({MODE_TEXT[mode]})", highlight=False)
+    if figures:
+        from landscape.plots import save_figure, surface_figures
+
+        names = {path.stem for path in written.values()}
+        for name, fig in surface_figures(run_dir, names=names).items():
+            console.print(str(save_figure(fig, run_dir / "figures" / name)[0]), highlight=False)
+
+
+@app.command()
+def surface(
+    run_dir: RunDirArg,
+    step: Annotated[
+        str,
+        typer.Option(
+            "--step", help="The checkpoint to picture around: a saved step, init or final."
+        ),
+    ],
+    variants: PictureVariantsOpt = None,
+    dims: Annotated[
+        int,
+        typer.Option("--dims", help="1: the curve L(x + a d); 2: the surface L(x + a d1 + b d2)."),
+    ] = 1,
+    grid: Annotated[
+        str,
+        typer.Option(
+            "--range",
+            help="Grid of a (and b) as LO:HI:N. Default -1:1:21. In units of the directions, whose filters have the model's filter norms: a = 1 moves each filter by its own norm.",
+        ),
+    ] = "-1:1:21",
+    direction: Annotated[
+        str,
+        typer.Option(
+            "--direction",
+            help="random (default): filter-normalised Gaussian directions (Li et al. 2018); gradient: d1 is the descent direction -g scaled to the weights' norm (in 2D, d2 random).",
+        ),
+    ] = "random",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random directions.")] = 0,
+    batches: BatchesOpt = 1,
+    mode: ModeOpt = "train",
+    ignore: Annotated[
+        str,
+        typer.Option(
+            "--ignore",
+            help="biases-and-bn (default, Li et al.'s): zero direction for biases and BatchNorm parameters; none: filter-normalise them too (each vector as one filter).",
+        ),
+    ] = "biases-and-bn",
+    orthogonalize: Annotated[
+        bool,
+        typer.Option(
+            "--orthogonalize/--no-orthogonalize",
+            help="Make d2 orthogonal to d1 (2D). Default off: random directions are nearly orthogonal.",
+        ),
+    ] = False,
+    accuracy: AccuracyOpt = True,
+    chunk: ChunkOpt = None,
+    strategy: GridStrategyOpt = None,
+    name: NameOpt = None,
+    data: PictureDataOpt = None,
+    overwrite: PictureOverwriteOpt = False,
+    figures: PictureFiguresOpt = True,
+    progress: ProgressOpt = True,
+) -> None:
+    """Picture the loss around a checkpoint: a 1D or 2D slice along filter-normalised random or gradient directions (Li et al. 2018)."""
+    try:
+        at = parse_step(step, "--step")
+        axis = parse_range(grid, "--range")
+        if dims not in (1, 2):
+            raise CliError(f"--dims must be 1 or 2, got {dims}")
+        if direction not in ("random", "gradient"):
+            raise CliError(f"unknown --direction {direction!r}; choose random or gradient")
+        if ignore not in ("biases-and-bn", "none"):
+            raise CliError(f"unknown --ignore {ignore!r}; choose biases-and-bn or none")
+        _picture_options(mode, batches, chunk, strategy)
+        chosen = parse_list(variants, "--variants") if variants else None
+    except CliError as err:
+        fail(str(err))
+
+    def call(dataset, on_progress):
+        from landscape.analyses.pictures import GridOptions
+        from landscape.analyses.pictures import surface as run_surface
+
+        return run_surface(
+            run_dir,
+            step=at,
+            variants=chosen,
+            dims=dims,
+            grid=axis,
+            direction=direction,
+            seed=seed,
+            batches=batches,
+            mode=mode,
+            ignore=ignore,
+            orthogonalize=orthogonalize,
+            accuracy=accuracy,
+            name=name,
+            overwrite=overwrite,
+            options=GridOptions(chunk=chunk, strategy=strategy),
+            dataset=dataset,
+            on_progress=on_progress,
+        )
+
+    _picture(run_dir, data, progress, figures, call)
+
+
+@app.command()
+def interpolate(
+    run_dir: RunDirArg,
+    start: Annotated[
+        str, typer.Option("--from", help="Checkpoint A: a saved step or init (the default).")
+    ] = "init",
+    end: Annotated[
+        str, typer.Option("--to", help="Checkpoint B: a saved step or final (the default).")
+    ] = "final",
+    variants: PictureVariantsOpt = None,
+    grid: Annotated[
+        str,
+        typer.Option(
+            "--range", help="Grid of t as LO:HI:N; t = 0 is A, t = 1 is B. Default -0.5:1.5:41."
+        ),
+    ] = "-0.5:1.5:41",
+    batches: BatchesOpt = 1,
+    mode: ModeOpt = "train",
+    accuracy: AccuracyOpt = True,
+    chunk: ChunkOpt = None,
+    strategy: GridStrategyOpt = None,
+    name: NameOpt = None,
+    data: PictureDataOpt = None,
+    overwrite: PictureOverwriteOpt = False,
+    figures: PictureFiguresOpt = True,
+    progress: ProgressOpt = True,
+) -> None:
+    """Loss along the straight line (1 - t) x_A + t x_B between two checkpoints, e.g. from init to final (Goodfellow et al. 2015)."""
+    try:
+        step_a, step_b = parse_step(start, "--from"), parse_step(end, "--to")
+        axis = parse_range(grid, "--range")
+        _picture_options(mode, batches, chunk, strategy)
+        chosen = parse_list(variants, "--variants") if variants else None
+    except CliError as err:
+        fail(str(err))
+
+    def call(dataset, on_progress):
+        from landscape.analyses.pictures import GridOptions
+        from landscape.analyses.pictures import interpolate as run_interpolate
+
+        return run_interpolate(
+            run_dir,
+            start=step_a,
+            end=step_b,
+            variants=chosen,
+            grid=axis,
+            batches=batches,
+            mode=mode,
+            accuracy=accuracy,
+            name=name,
+            overwrite=overwrite,
+            options=GridOptions(chunk=chunk, strategy=strategy),
+            dataset=dataset,
+            on_progress=on_progress,
+        )
+
+    _picture(run_dir, data, progress, figures, call)

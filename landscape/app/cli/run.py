@@ -1,0 +1,330 @@
+"""``landscape train`` and ``landscape probe``: build the configuration, run it, print the summary;
+``probe --from`` re-probes a finished run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from landscape.app import runtime
+from landscape.app.cli.common import (
+    CliError,
+    app,
+    check_positive,
+    console,
+    default_run_dir,
+    fail,
+    load_saved_config,
+    make_figures,
+    parse_devices,
+    print_summary,
+    start_distributed,
+)
+from landscape.app.cli.options import (
+    ArchOpt,
+    BatchOpt,
+    CkptFormatOpt,
+    CkptOpt,
+    ConvOpt,
+    DataOpt,
+    DevicesOpt,
+    DistributedOpt,
+    EvalOpt,
+    KeepAllOpt,
+    KeepOpt,
+    LrOpt,
+    NoiseMuOpt,
+    NoiseRMuOpt,
+    NoiseRSigmaOpt,
+    NoiseSigmaOpt,
+    OptimOpt,
+    OutOpt,
+    OverwriteOpt,
+    PeriodOpt,
+    PlacementOpt,
+    PresetOpt,
+    ProgressOpt,
+    ResumeOpt,
+    ReuseOpt,
+    SeedOpt,
+    StepsOpt,
+    VariantsOpt,
+    WidthOpt,
+)
+from landscape.config import PRESETS, ConfigError, RunConfig, override, parse_etas, preset
+from landscape.config import validate as check_config
+
+
+def build_config(preset_name: str, **options: Any) -> RunConfig:
+    """Returns the preset ``preset_name`` with the command line's options applied and validated.
+
+    ``options`` are named after their settings (``landscape.config.SETTINGS``: ``lr``,
+    ``width``, ``etas``...); one left at None keeps the preset's value. Text values (``etas``,
+    ``variants``, the ``noise_*`` constants) are parsed by ``config.override``. Raises CliError
+    naming the option, before anything is written.
+    """
+    if preset_name not in PRESETS:
+        raise CliError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
+    changes = {key: value for key, value in options.items() if value is not None}
+    try:
+        return validate(override(preset(preset_name), changes))
+    except ConfigError as err:
+        raise CliError(err.as_option()) from None
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Returns ``config`` after ``landscape.config.validate``; its error as CliError naming the
+    command's option."""
+    try:
+        return check_config(config)
+    except ConfigError as err:
+        raise CliError(err.as_option()) from None
+
+
+def _run_command(
+    config: RunConfig,
+    out: Path | None,
+    *,
+    resume: Path | None,
+    overwrite: bool,
+    probe_enabled: bool,
+    progress: bool,
+    figures: bool,
+    devices: int | str = "all",
+    reuse: list[Path] | None = None,
+) -> None:
+    from landscape.data import DataError
+    from landscape.mesh import is_primary
+    from landscape.rundir import RunError
+    from landscape.runs import run
+
+    if resume is not None and out is not None and resume != out:
+        raise CliError("give either --resume RUN_DIR or --out RUN_DIR, not both")
+    run_dir = resume or out or default_run_dir(config)
+    validate(config)
+    runtime.prepare_compute()
+    console.print(f"run directory: [bold]{run_dir}[/]", highlight=False)
+    try:
+        reports = run(
+            config,
+            run_dir,
+            resume=resume is not None,
+            overwrite=overwrite,
+            probe_enabled=probe_enabled,
+            progress=progress,
+            devices=devices,
+            reuse=reuse or (),
+            say=lambda line: console.print(line, highlight=False),
+        )
+    except (DataError, RunError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        fail(
+            f"interrupted; everything up to the last checkpoint is kept. "
+            f"Continue with: --resume {run_dir}",
+            code=130,
+        )
+    if not is_primary():
+        return  # the other processes of a multi-host run compute; process 0 reports
+    for r in reports:
+        if r.steps_run:
+            rate = r.steps_run / r.wall_s if r.wall_s else float("nan")
+            share = 100 * r.probe_s / r.wall_s if r.wall_s else 0.0
+            console.print(
+                f"{r.variant}: {r.steps_run} steps in {r.wall_s:.1f} s ({rate:.2f} steps/s), "
+                f"probe {share:.0f}% of it ({r.probes_run} probed steps), "
+                f"checkpoints {r.checkpoint_s:.1f} s",
+                highlight=False,
+            )
+    if probe_enabled:
+        print_summary(run_dir, load_saved_config(run_dir))
+    if figures:
+        make_figures(run_dir)
+
+
+def resumed_config(run_dir: Path, steps: int | None, data: str | None) -> RunConfig:
+    """Returns the saved config of a run to resume; only --steps and --data may change."""
+    config = load_saved_config(run_dir)
+    check_positive("--steps", steps)
+    if steps is not None:
+        config = config.replace(steps=steps)
+    if data is not None:
+        config = config.replace(data=data)
+    return config
+
+
+@app.command()
+def train(
+    preset_name: PresetOpt = "quick",
+    data: DataOpt = None,
+    out: OutOpt = None,
+    steps: StepsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    optimizer: OptimOpt = None,
+    seed: SeedOpt = None,
+    arch: ArchOpt = None,
+    width: WidthOpt = None,
+    variants: VariantsOpt = None,
+    placement: PlacementOpt = None,
+    conv_impl: ConvOpt = None,
+    noise_mu: NoiseMuOpt = None,
+    noise_sigma: NoiseSigmaOpt = None,
+    noise_r_mu: NoiseRMuOpt = None,
+    noise_r_sigma: NoiseRSigmaOpt = None,
+    checkpoint_every: CkptOpt = None,
+    max_to_keep: KeepOpt = None,
+    keep_period: PeriodOpt = None,
+    keep_all: KeepAllOpt = False,
+    checkpoint_format: CkptFormatOpt = None,
+    eval_every: EvalOpt = None,
+    resume: ResumeOpt = None,
+    overwrite: OverwriteOpt = False,
+    reuse: ReuseOpt = None,
+    devices: DevicesOpt = "all",
+    distributed: DistributedOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train the variants (default: standard and BatchNorm VGG) and checkpoint every step, without probing."""
+    _start(locals(), probe_enabled=False)
+
+
+@app.command()
+def probe(
+    preset_name: PresetOpt = "quick",
+    data: DataOpt = None,
+    out: OutOpt = None,
+    steps: StepsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    optimizer: OptimOpt = None,
+    seed: SeedOpt = None,
+    arch: ArchOpt = None,
+    width: WidthOpt = None,
+    variants: VariantsOpt = None,
+    placement: PlacementOpt = None,
+    conv_impl: ConvOpt = None,
+    noise_mu: NoiseMuOpt = None,
+    noise_sigma: NoiseSigmaOpt = None,
+    noise_r_mu: NoiseRMuOpt = None,
+    noise_r_sigma: NoiseRSigmaOpt = None,
+    etas: Annotated[
+        str | None,
+        typer.Option(
+            "--etas",
+            help="Step sizes of the probe: LO:HI:N or a list. Default: 8 values spanning [1/2, 4] x lr, the paper's grid (0.05:0.4:8 at lr 0.1); for the DLN presets its [1/100, 30] x lr.",
+        ),
+    ] = None,
+    probe_every: Annotated[
+        int | None,
+        typer.Option(
+            "--probe-every",
+            help="Probe every k-th checkpoint. Default: the preset's (paper 1, quick 5, smoke 2).",
+        ),
+    ] = None,
+    probe_strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--probe-strategy",
+            help="How the step sizes are evaluated: auto (default: the fastest for the backend, map on CPU and vmap elsewhere; docs/performance.md), unroll, vmap or map.",
+        ),
+    ] = None,
+    fuse: Annotated[
+        bool | None,
+        typer.Option(
+            "--fuse/--no-fuse",
+            help="Compile the training step and the probe of probed steps as one program (the gradient stays on the device, no dispatch between them). On the CPU it gains next to nothing: what it saved was the second program's page faults, which the command's malloc settings already avoid (docs/performance.md). It costs the compilation of a second program (cached). The same training; a recorded loss can differ in its last digit (XLA sums it differently in the larger program). Default: off.",
+        ),
+    ] = None,
+    checkpoint_every: CkptOpt = None,
+    max_to_keep: KeepOpt = None,
+    keep_period: PeriodOpt = None,
+    keep_all: KeepAllOpt = False,
+    checkpoint_format: CkptFormatOpt = None,
+    eval_every: EvalOpt = None,
+    resume: ResumeOpt = None,
+    overwrite: OverwriteOpt = False,
+    reuse: ReuseOpt = None,
+    from_run: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Do not train: probe the saved checkpoints of this run again (any --etas), on the batch each was trained on. Writes <variant>/reprobe.jsonl.",
+        ),
+    ] = None,
+    figures: Annotated[
+        bool,
+        typer.Option(
+            "--figures/--no-figures", help="Draw the figures and the HTML report at the end."
+        ),
+    ] = True,
+    devices: DevicesOpt = "all",
+    distributed: DistributedOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train standard and BatchNorm VGG side by side and probe the loss landscape at every checkpoint (the paper's Figure 4)."""
+    _start(locals(), probe_enabled=True)
+
+
+def _start(options: dict, *, probe_enabled: bool) -> None:
+    """Runs ``train`` or ``probe`` from the command's options (a copy of its ``locals()``)."""
+    options = dict(options)
+    out, resume, overwrite = options.pop("out"), options.pop("resume"), options.pop("overwrite")
+    reuse = options.pop("reuse") or []
+    progress, figures = options.pop("progress"), options.pop("figures", False)
+    from_run = options.pop("from_run", None)
+    devices, distributed = options.pop("devices"), options.pop("distributed")
+    try:
+        devices = parse_devices(devices)
+        if distributed:
+            if not (out or resume or from_run):
+                raise CliError(
+                    "--distributed needs --out RUN_DIR: the same directory on every host"
+                )
+            start_distributed()
+        if from_run is not None:
+            _reprobe(from_run, options.get("etas"), options["data"], progress, devices)
+            return
+        if resume:
+            config = resumed_config(resume, options["steps"], options["data"])
+        else:
+            keep_all = options.pop("keep_all") or None  # a flag left off keeps the preset's
+            config = build_config(**options, keep_all=keep_all)
+        _run_command(
+            config,
+            out,
+            resume=resume,
+            overwrite=overwrite,
+            probe_enabled=probe_enabled,
+            progress=progress,
+            figures=figures,
+            devices=devices,
+            reuse=reuse,
+        )
+    except CliError as err:
+        fail(str(err))
+
+
+def _reprobe(
+    run_dir: Path, etas: str | None, data: str | None, progress: bool, devices: int | str = 1
+) -> None:
+    from landscape.data import DataError, load_dataset
+    from landscape.rundir import RunError
+    from landscape.runs import reprobe
+
+    config = load_saved_config(run_dir)
+    try:
+        grid = parse_etas(etas) if etas else None
+    except ConfigError as err:
+        raise CliError(err.as_option()) from None
+    runtime.prepare_compute()
+    try:
+        dataset = load_dataset(data or config.data, progress=progress)
+        written = reprobe(run_dir, etas=grid, progress=progress, dataset=dataset, devices=devices)
+    except (DataError, RunError) as err:
+        fail(str(err))
+    for variant, path in written.items():
+        console.print(f"{variant}: {path}", highlight=False)
