@@ -25,6 +25,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from landscape import models
+from landscape.app import runtime
 
 ETAS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
 
@@ -82,6 +83,7 @@ def ratios(norm: str = "batchnorm") -> tuple[float, list[float]]:
 
 
 def main() -> None:
+    runtime.tune_process()  # as the landscape command tunes itself, before JAX starts
     jax.config.update("jax_enable_x64", True)
     cases = {
         "ReLU + max-pool (the model)": {},

@@ -9,7 +9,7 @@
    (forward, backward, SGD step) and the torch probe. Both probes reuse the training gradient,
    so each costs K gradient evaluations and a probed step is train step + probe.
    The process runs with the ``landscape`` command's glibc malloc settings
-   (``landscape.malloc_tuning``; ``--no-malloc-tuning`` leaves glibc's defaults), which PyTorch
+   (``landscape.app.runtime``; ``--no-malloc-tuning`` leaves glibc's defaults), which PyTorch
    then shares.
 3. Appends one JSON line to ``benchmarks/results/torch_vs_jax.jsonl`` and prints a table.
 
@@ -46,10 +46,10 @@ from torch_reference import (
     torch_train_step,
 )
 
+from landscape.app import runtime
 from landscape.bench import machine
 from landscape.config import norm_for_variant, preset
 from landscape.data import load_dataset
-from landscape.malloc_tuning import tune_malloc
 from landscape.models import resolved_conv_impls
 from landscape.runs import Trainer
 
@@ -153,7 +153,11 @@ def compare(
         "times_s": times,
     }
     return {
-        "machine": {**machine(), "torch": torch.__version__, "torch_threads": threads},
+        "machine": {
+            **machine(runtime.describe()),
+            "torch": torch.__version__,
+            "torch_threads": threads,
+        },
         "settings": {
             "preset": config.preset,
             "variant": variant,
@@ -210,10 +214,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     args = parser.parse_args(argv)
     if args.malloc_tuning:
-        # As the landscape command does (landscape/malloc_tuning.py). It is process-wide, so
-        # PyTorch runs under it too; at width 1/4 its own times did not change with it (32-40 ms a train step either way); at full
-        # width it gains more than we do (README, Performance).
-        tune_malloc()
+        # As the landscape command does (landscape/app/runtime.py). It is process-wide, so
+        # PyTorch runs under it too (docs/performance.md says what it changes for each side).
+        runtime.tune_malloc()
 
     config = preset(args.preset).replace(data=args.data)
     result = compare(
@@ -236,4 +239,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    runtime.tune_xla_cpu()  # the command's CPU flags, before JAX starts a backend
     main()

@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from landscape import models
+from landscape.app import runtime
 from landscape.bench import machine
 from landscape.probe import default_strategy, probe
 from landscape.train import make_loss_fn
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--note", default="")
     args = parser.parse_args()
+    runtime.tune_process()  # as the landscape command tunes itself, before JAX starts
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.standard_normal((128, 32, 32, 3), dtype=np.float32),

@@ -33,12 +33,15 @@ def main() -> None:
     parser.add_argument("--variant", default="batchnorm")
     args = parser.parse_args()
     os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={args.devices}")
+    from landscape.app import runtime
+
+    runtime.tune_process()  # as the landscape command tunes itself, before JAX starts
     sys.path.insert(0, str(ROOT))
 
     import jax
     import numpy as np
 
-    from landscape import sharding
+    from landscape import mesh as meshes
     from landscape.bench import machine
     from landscape.config import ModelConfig, ProbeConfig, preset
     from landscape.data import synthetic_dataset
@@ -51,7 +54,7 @@ def main() -> None:
         probe=ProbeConfig(num_etas=args.etas),
     )
     dataset = synthetic_dataset(seed=0, num_train=2048, num_test=256)
-    mesh = sharding.make_mesh(args.devices)
+    mesh = meshes.make_mesh(args.devices)
     trainers = {
         1: Trainer(config, args.variant, dataset),
         args.devices: Trainer(config, args.variant, dataset, mesh),

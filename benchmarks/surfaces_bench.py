@@ -23,11 +23,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
+    from landscape.app import runtime
 
+    runtime.tune_process()  # as the landscape command tunes itself, before JAX starts
+
+    from landscape.analyses.pictures import time_grid
     from landscape.bench import machine
     from landscape.config import preset
     from landscape.data import load_dataset
-    from landscape.surfaces import time_grid
 
     config = preset(args.preset).replace(data="synthetic")
     dataset = load_dataset("synthetic", progress=False)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from landscape.app import runtime
+
 VARIANTS = ("standard", "batchnorm", "noisy_batchnorm", "noisy_none", "l1", "l2", "linf")
 
 
@@ -25,6 +27,7 @@ def main() -> None:
     parser.add_argument("--placement", default="before")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
+    runtime.tune_process()  # as the landscape command tunes itself, before JAX starts
 
     from landscape.bench import time_variants
     from landscape.config import preset
