@@ -1,28 +1,13 @@
-"""Shared fixtures: tiny configurations and data so the trainer and probe tests run in seconds."""
+"""Shared fixtures: tiny configurations and data so the trainer and probe tests run in seconds.
+
+Fixtures only; helpers that tests import are in helpers.py."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from pathlib import Path
-
 import pytest
+from helpers import with_
 
-from landscape.config import CheckpointConfig, ModelConfig, ProbeConfig, RunConfig
-
-REPO = Path(__file__).resolve().parents[1]
-
-# Commands invoked in-process (CliRunner) would apply the landscape command's glibc malloc
-# settings to the whole test process (landscape/malloc_tuning.py); tests that check them start
-# fresh interpreters without this.
-os.environ.setdefault("LANDSCAPE_MALLOC_TUNING", "0")
-
-
-def real_cifar_jpeg() -> Path | None:
-    """Returns the real CIFAR-10 JPEG archive (../shared/data or $LANDSCAPE_CIFAR_JPEG) or None."""
-    env = os.environ.get("LANDSCAPE_CIFAR_JPEG")
-    path = Path(env) if env else REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-    return path if path.exists() else None
+from landscape.config import CheckpointConfig, ModelConfig, ProbeConfig, RunConfig, preset
 
 
 @pytest.fixture(scope="session")
@@ -50,15 +35,19 @@ def tiny_config() -> RunConfig:
     )
 
 
-def with_(config: RunConfig, **changes) -> RunConfig:
-    """Returns ``config`` with nested fields replaced: with_(c, probe={"every": 2})."""
-    out = {}
-    for key, value in changes.items():
-        if isinstance(value, dict):
-            out[key] = dataclasses.replace(getattr(config, key), **value)
-        else:
-            out[key] = value
-    return config.replace(**out)
+@pytest.fixture
+def tiny_dln_config() -> RunConfig:
+    """The dln-quick preset shortened: a 5-layer deep linear network, 4 steps, every step
+    checkpointed and probed."""
+    return with_(
+        preset("dln-quick"),
+        steps=4,
+        eval_every=2,
+        log_every=2,
+        model={"arch": "dln5"},  # the paper's 25 layers compile slower; the code is the same
+        checkpoint={"every": 1, "max_to_keep": None, "keep_period": None},
+        probe={"every": 1, "strategy": "map"},
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,103 @@
+"""Checkpoints: both formats round-trip a TrainState, retention, crash leftovers, errors."""
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import make_state
+
+from landscape.checkpoints import STATE_FILE, Checkpointer, kept_steps
+from landscape.config import CheckpointConfig
+
+
+def assert_trees_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("fmt", ["npz", "orbax"])
+def test_round_trip_both_formats(tmp_path, fmt):
+    state = make_state()
+    config = CheckpointConfig(format=fmt)
+    with Checkpointer(tmp_path / "c", config) as ckpt:
+        ckpt.save(3, state)
+        ckpt.save(4, make_state(1))
+    with Checkpointer(tmp_path / "c") as ckpt:  # read back with the default (npz) reader
+        assert ckpt.steps() == [3, 4] and ckpt.latest_step() == 4
+        template = make_state(5)
+        assert_trees_equal(ckpt.restore(3, template), state)
+        assert_trees_equal(ckpt.restore(None, template), make_state(1))
+
+
+def test_npz_save_returns_before_the_write_and_close_finishes_it(tmp_path):
+    ckpt = Checkpointer(tmp_path / "c")
+    for step in range(6):
+        ckpt.save(step, make_state(step))
+    ckpt.close()
+    assert ckpt.steps() == list(range(6))
+    assert all((tmp_path / "c" / str(s) / STATE_FILE).exists() for s in range(6))
+    assert not list((tmp_path / "c").glob(".tmp-*"))
+
+
+def test_retention_matches_orbax_semantics(tmp_path):
+    config = CheckpointConfig(max_to_keep=2, keep_period=5)
+    assert kept_steps(list(range(13)), config) == [0, 5, 10, 11, 12]
+    assert kept_steps(list(range(4)), CheckpointConfig(keep_all=True, max_to_keep=1)) == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    for fmt in ("npz", "orbax"):
+        cfg = CheckpointConfig(max_to_keep=2, keep_period=5, format=fmt)
+        with Checkpointer(tmp_path / fmt, cfg) as ckpt:
+            for step in range(13):
+                ckpt.save(step, make_state())
+        assert Checkpointer(tmp_path / fmt).steps() == [0, 5, 10, 11, 12], fmt
+
+
+def test_restore_refuses_another_structure(tmp_path):
+    with Checkpointer(tmp_path / "c") as ckpt:
+        ckpt.save(0, make_state())
+        wrong = make_state().replace(params={"other": jnp.zeros(3)})
+        with pytest.raises(ValueError, match="another structure"):
+            ckpt.restore(0, wrong)
+        bigger = jax.tree.map(lambda a: a, make_state())
+        bigger = bigger.replace(
+            batch_stats={"BatchNorm_0": {"mean": jnp.zeros(5), "var": jnp.zeros(4)}}
+        )
+        with pytest.raises(ValueError, match="expected float32"):
+            ckpt.restore(0, bigger)
+        with pytest.raises(FileNotFoundError):
+            ckpt.restore(9, make_state())
+
+
+def test_interrupted_write_leaves_no_checkpoint_and_is_cleaned(tmp_path):
+    directory = tmp_path / "c"
+    with Checkpointer(directory) as ckpt:
+        ckpt.save(0, make_state())
+    # What a write killed before its rename leaves behind: a temporary directory.
+    leftover = directory / ".tmp-1"
+    leftover.mkdir()
+    (leftover / STATE_FILE).write_bytes(b"truncated")
+    ckpt = Checkpointer(directory)
+    assert ckpt.steps() == [0] and not leftover.exists()
+    ckpt.close()
+
+
+def test_a_failed_write_is_reported_not_swallowed(tmp_path):
+    directory = tmp_path / "c"
+    ckpt = Checkpointer(directory)
+    ckpt.save(0, make_state())
+    ckpt.wait()
+    # The checkpoint directory disappears under the run (a full or unmounted disk, say).
+    shutil.rmtree(directory)
+    directory.write_text("not a directory")
+    ckpt.save(1, make_state())
+    with pytest.raises(RuntimeError, match="writing a checkpoint"):
+        ckpt.wait()
+    ckpt.close()
