@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from landscape.network import linen_rngs
+
 PERCENTILES = (15.0, 50.0, 85.0)  # BN-Inception's MNIST figure (Ioffe & Szegedy 2015, Fig. 1)
 STATS = ("percentiles", "mean", "var", "unit_percentiles", "unit_mean", "unit_var")
 
@@ -48,10 +50,10 @@ def sown_preactivations(
     ``train=True`` evaluates BatchNorm with the statistics of ``images`` (the running averages
     are not changed: the updated ones are discarded); ``rng`` is the noise key of noisy layers.
     """
-    rngs = {"noise": rng if rng is not None else jax.random.key(0)}
+    rngs = linen_rngs(rng if rng is not None else jax.random.key(0))
     mutable = ["intermediates", "batch_stats"] if train else ["intermediates"]
     _, state = model.apply(variables, images, train=train, mutable=mutable, rngs=rngs)
-    sown = state["intermediates"]
+    sown = state.get("intermediates", {})
     return {int(k[len("preact") :]): v[0] for k, v in sown.items() if k.startswith("preact")}
 
 

@@ -74,9 +74,20 @@ def record_activations(
     jobs = []
     for variant in names:
         trainer = Trainer(config, variant, dataset)
+        if trainer.model is None:
+            raise RunError(
+                f"{variant}: activation statistics need the inputs of the network's nonlinearities, which landscape reads from a Flax Linen module; this "
+                f"variant's network is {trainer.network.kind} (docs/own-models.md)"
+            )
         template = trainer.initial_state()
         variables = {"params": template.params, "batch_stats": template.batch_stats}
         count = count_preactivations(trainer.model, variables, dataset.test_images.shape[1:])
+        if count == 0:
+            raise RunError(
+                f"{variant}: the network sows no pre-activations; activation statistics read the "
+                "inputs of its nonlinearities from self.sow('intermediates', 'preact<n>', x) in "
+                "the Linen module (docs/own-models.md)"
+            )
         text = layers if layers is None or isinstance(layers, str) else ",".join(map(str, layers))
         try:
             numbers = parse_layers(text, count, "conv layers with a ReLU input")

@@ -152,7 +152,7 @@ def sharpness_over_training(
             continue
         trainer = Trainer(config, variant, dataset)
         loss_fn = (
-            trainer.loss_fn if mode == "train" else make_eval_loss_fn(trainer.model, trainer.loss)
+            trainer.loss_fn if mode == "train" else make_eval_loss_fn(trainer.network, trainer.loss)
         )
         template = trainer.initial_state()
         for b in block_names:

@@ -87,6 +87,11 @@ def record_ics(
     jobs = []
     for variant in names:
         trainer = Trainer(config, variant, dataset)
+        if trainer.model is None:
+            raise RunError(
+                f"{variant}: internal covariate shift needs the order of the network's layers, which landscape reads from a Flax Linen module; this "
+                f"variant's network is {trainer.network.kind} (docs/own-models.md)"
+            )
         template = trainer.initial_state()
         model_layer_list = model_layers(
             trainer.model,

@@ -22,7 +22,6 @@ import optax
 from landscape.checkpoints import Checkpointer
 from landscape.config import ModelConfig, RunConfig
 from landscape.data import Dataset, load_dataset
-from landscape.models import loss_for_arch
 from landscape.rundir import RunError, check_same_data, load_config
 from landscape.runs import Trainer
 from landscape.surface_records import SurfaceError, grid_coords, record_path
@@ -46,7 +45,7 @@ from landscape.surfaces import (
     random_direction,
     random_directions,
 )
-from landscape.train import build_model
+from landscape.train import build_network, model_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +69,10 @@ def compiled_picture_functions(
     """Returns ``(grid_fn, gradient_fn)`` for a model, cached: the variants' pictures and a
     surface and an interpolation with the same shapes reuse one compilation in a process."""
     metric_fn = make_metric_fn(
-        build_model(model_config, num_classes),
+        build_network(model_config, num_classes),
         mode,
         accuracy=accuracy,
-        loss=loss_for_arch(model_config.arch),
+        loss=model_loss(model_config),
     )
     grid_fn = make_grid_fn(
         metric_fn, strategy=strategy, map_batch_size=map_batch_size, mesh=point_mesh()
@@ -439,7 +438,7 @@ def time_grid(
     state = trainer.initial_state()
     origin = _variables(state)
     batches, _ = _batches(trainer, state, 0, 1)
-    metric_fn = make_metric_fn(trainer.model, "train", accuracy=True, loss=trainer.loss)
+    metric_fn = make_metric_fn(trainer.network, "train", accuracy=True, loss=trainer.loss)
     directions = tuple(
         {"params": d, "batch_stats": jax.tree.map(jnp.zeros_like, origin["batch_stats"])}
         for d in random_directions(jax.random.key(0), origin["params"], 2)
