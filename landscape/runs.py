@@ -28,13 +28,14 @@ from landscape.checkpoints import Checkpointer
 from landscape.config import ModelConfig, OptimizerConfig, RunConfig, validate
 from landscape.data import Dataset, load_dataset
 from landscape.mesh import is_primary, make_mesh, place, replicated, resolve_device_count, sync
-from landscape.models import loss_for_arch
+from landscape.network import NetworkError
 from landscape.probe import default_strategy, probe, summarize
 from landscape.progress import progress_bar
 from landscape.results import METRICS_FILE, PROBE_FILE, RecordWriter, truncate_rows
 from landscape.rundir import (
     RunError,
     check_model_fits_data,
+    check_network_record,
     check_same_data,
     copy_variant,
     load_config,
@@ -45,13 +46,15 @@ from landscape.rundir import (
 from landscape.train import (
     BatchSource,
     TrainState,
-    build_model,
+    build_network,
     create_train_state,
     evaluate,
+    get_loss,
     make_eval_step,
     make_loss_fn,
     make_optimizer,
     make_train_step,
+    model_loss,
     step_batch,
 )
 
@@ -185,22 +188,23 @@ def compiled_functions(
     map_batch_size: int,
     num_classes: int,
 ) -> tuple:
-    """Returns (model, optimizer, loss_fn, train_step, eval_step, probe_step, train_probe_step).
+    """Returns (network, optimizer, loss_fn, train_step, eval_step, probe_step, train_probe_step).
 
     Cached, so the variants of a sweep, a resumed run or a re-probe in the same process reuse
-    the compiled programs instead of compiling them again.
+    the compiled programs instead of compiling them again. Raises NetworkError for a user's
+    network that cannot be built.
     """
-    model = build_model(model_config, num_classes)
+    network = build_network(model_config, num_classes)
     optimizer = make_optimizer(optimizer_config)
-    loss = loss_for_arch(model_config.arch)  # the model decides: cross-entropy or squared error
-    loss_fn = make_loss_fn(model, loss)
+    loss = model_loss(model_config)  # the model decides: cross-entropy or squared error
+    loss_fn = make_loss_fn(network, loss)
     train_step = make_train_step(loss_fn, optimizer, loss)
     return (
-        model,
+        network,
         optimizer,
         loss_fn,
         train_step,
-        make_eval_step(model, loss),
+        make_eval_step(network, loss),
         make_probe_step(loss_fn, strategy, map_batch_size),
         make_train_probe_step(train_step, loss_fn, strategy, map_batch_size),
     )
@@ -238,18 +242,25 @@ class Trainer:
         if strategy == "auto":
             strategy = default_strategy()
         self.probe_strategy = strategy
-        fns = compiled_functions(
-            cfg.model_for(self.variant),
-            cfg.optimizer,
-            strategy,
-            cfg.probe.map_batch_size,
-            self.dataset.num_outputs,
-        )
-        self.model, self.optimizer, self.loss_fn, self.train_step, self.eval_step = fns[:5]
+        model_config = cfg.model_for(self.variant)
+        try:
+            fns = compiled_functions(
+                model_config,
+                cfg.optimizer,
+                strategy,
+                cfg.probe.map_batch_size,
+                self.dataset.num_outputs,
+            )
+        except (NetworkError, ValueError) as err:
+            raise RunError(f"{self.variant}: {err}") from None
+        self.network, self.optimizer, self.loss_fn, self.train_step, self.eval_step = fns[:5]
+        # The Linen module behind the network, for analyses that need its layers (None: NNX or
+        # a hand-written Network).
+        self.model = self.network.module
         self.probe_step = fns[5]
         # The fused train+probe program (--fuse); the sharded path keeps the two separate.
         self.train_probe_step = fns[6] if cfg.probe.fuse and self.mesh is None else None
-        self.loss = loss_for_arch(cfg.model.arch)  # the name of loss_fn's loss (train.LOSSES)
+        self.loss = model_loss(model_config)  # the name of loss_fn's loss (train.get_loss)
         if self.mesh is not None:
             self.train_step, self.eval_step, self.probe_step = sharded_functions(
                 self.loss_fn,
@@ -269,8 +280,13 @@ class Trainer:
         )
 
     def initial_state(self) -> TrainState:
+        """Returns the state at step 0 (on the mesh's devices when there is one). The first call
+        checks that the network's outputs fit the data and the loss (RunError otherwise)."""
         input_shape = tuple(self.dataset.train_images.shape[1:])
-        state = create_train_state(self.model, self.optimizer, self.config.seed, input_shape)
+        state = create_train_state(self.network, self.optimizer, self.config.seed, input_shape)
+        if not getattr(self, "_checked", False):
+            check_outputs(self, state)
+            self._checked = True
         if self.mesh is not None:  # replicated; a restored checkpoint keeps this layout
             state = place(state, replicated(self.mesh))
         return state
@@ -283,6 +299,32 @@ class Trainer:
             state, batch, out.grads, out.loss, self.etas if etas is None else etas
         )
         return out, result
+
+
+def check_outputs(trainer: Trainer, state: TrainState) -> None:
+    """Raises RunError unless the network's outputs on a batch fit the data and the loss: one
+    row per example, a class score per class (classification) or the targets' width, and a
+    per-example loss of one value per example."""
+    batch = step_batch(state, jax.tree.map(lambda a: a[:2], trainer.train_source(0)))
+    try:
+        out = jax.eval_shape(trainer.loss_fn, state.params, state.batch_stats, batch)
+    except Exception as err:  # the user's network or loss failed on a batch: say where
+        raise RunError(f"{trainer.variant}: the network or loss fails on a batch: {err}") from None
+    outputs = out[1][1]
+    ds = trainer.dataset
+    want = (2, ds.num_outputs)
+    if getattr(outputs, "shape", None) != want:
+        what = f"{ds.num_classes} classes" if ds.task == "classification" else "targets"
+        raise RunError(
+            f"{trainer.variant}: the network outputs shape {getattr(outputs, 'shape', outputs)} "
+            f"for 2 examples, but the data has {what}: it must output {want}"
+        )
+    per_example = jax.eval_shape(get_loss(trainer.loss).per_example, outputs, batch["label"])
+    if per_example.shape != (2,):
+        raise RunError(
+            f"{trainer.variant}: the loss {trainer.loss!r} gives shape {per_example.shape} for 2 "
+            "examples; a per-example loss returns one value per example, shape (batch,)"
+        )
 
 
 def _probe_row(step: int, etas: jax.Array, result) -> dict:
@@ -316,6 +358,9 @@ def train_variant(
     probing = probe_enabled and cfg.probe.enabled
 
     state = trainer.initial_state()
+    if is_primary():
+        variant_dir.mkdir(parents=True, exist_ok=True)
+        check_network_record(variant_dir, cfg.model_for(trainer.variant), state.params)
     start, restored = 0, False
     checkpointer = Checkpointer(variant_dir / "checkpoints", ckpt_cfg) if ckpt_every else None
     if resume and checkpointer is not None and checkpointer.latest_step() is not None:
@@ -472,6 +517,11 @@ def run(
     except ValueError as err:
         raise RunError(str(err)) from None
     mesh = make_mesh(device_count)  # built once, shared by every variant
+    # Every variant's network is built and checked against the data and the loss before the
+    # run directory is touched: a factory that fails never leaves a half-made run behind.
+    trainers = {variant: Trainer(config, variant, dataset, mesh) for variant in config.variants}
+    for trainer in trainers.values():
+        trainer.initial_state()
     primary = is_primary()
     progress = progress and primary
     if not probe_enabled and config.probe.enabled and not resume:
@@ -497,10 +547,9 @@ def run(
             if variant in reused:
                 reports.append(VariantReport(variant, reused_from=str(reused[variant])))
                 continue
-            trainer = Trainer(config, variant, dataset, mesh)
             reports.append(
                 train_variant(
-                    trainer,
+                    trainers[variant],
                     run_dir / variant,
                     resume=resume,
                     probe_enabled=probe_enabled and config.probe.enabled,
