@@ -1,0 +1,217 @@
+"""A user's own network, data and loss through the pipeline: a Linen network with BatchNorm and
+dropout and an NNX network (tests/own_models.py, reached by import path only), trained, probed,
+re-probed and recorded from a hand-written loop."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from landscape.config import (
+    CheckpointConfig,
+    ConfigError,
+    ModelConfig,
+    ProbeConfig,
+    RunConfig,
+    apply_model_options,
+)
+from landscape.data import DataError, load_dataset
+from landscape.network import NetworkError, from_linen, parameter_shapes
+from landscape.probe import probe
+from landscape.recorder import LoopRecorder
+from landscape.rundir import RunError
+from landscape.runs import Trainer, reprobe, run
+from landscape.train import build_network, make_loss_fn, model_loss, step_batch
+
+DATA = "own_models:tiny_images"
+
+
+def user_config(factory: str = "own_models:linen_mlp", **changes) -> RunConfig:
+    base = RunConfig(
+        preset="test",
+        data=DATA,
+        seed=1,
+        steps=5,
+        batch_size=16,
+        eval_every=0,
+        eval_batches=1,
+        log_every=2,
+        checkpoint=CheckpointConfig(every=1, keep_all=True),
+        probe=ProbeConfig(every=1, num_etas=3, strategy="map"),
+    )
+    variants = changes.pop("variants", "norm=none,batchnorm")
+    return apply_model_options(base, [factory], [], variants).replace(**changes)
+
+
+def rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load_dataset(DATA)
+
+
+@pytest.fixture(scope="module")
+def linen_run(tmp_path_factory, dataset):
+    run_dir = tmp_path_factory.mktemp("linen") / "run"
+    run(user_config(), run_dir, progress=False, dataset=dataset)
+    return run_dir
+
+
+def test_options_name_the_variants_and_the_factory_keyword():
+    config = user_config()
+    assert config.variants == ("none", "batchnorm")
+    assert config.model_for("batchnorm").model_args == (("norm", "batchnorm"),)
+    named = apply_model_options(RunConfig(), ["a=own_models:linen_mlp", "b=own_models:nnx_net"])
+    assert named.variants == ("a", "b") and named.model_for("b").factory == "own_models:nnx_net"
+    single = apply_model_options(RunConfig(), ["own_models:linen_mlp"], ["hidden=8"])
+    assert single.variants == ("linen_mlp",) and single.model.model_args == (("hidden", 8),)
+    assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ConfigError, match="name each of several models"):
+        apply_model_options(RunConfig(), ["own_models:linen_mlp", "own_models:nnx_net"])
+
+
+def test_inline_probe_equals_direct_probe_calls(linen_run, dataset):
+    """Each record equals probe() on the checkpoint's parameters and the step's batch."""
+    config = user_config()
+    for variant in config.variants:
+        model_config = config.model_for(variant)
+        loss_fn = make_loss_fn(build_network(model_config, 3), model_loss(model_config))
+        trainer = Trainer(config, variant, dataset)
+        template = trainer.initial_state()
+        from landscape.checkpoints import Checkpointer
+
+        checkpointer = Checkpointer(linen_run / variant / "checkpoints", config.checkpoint)
+        for record in rows(linen_run / variant / "probe.jsonl"):
+            state = checkpointer.restore(record["step"], template)
+            batch = step_batch(state, trainer.train_source(record["step"]))
+            direct = probe(
+                loss_fn, state.params, batch, jnp.asarray(record["etas"]),
+                model_state=state.batch_stats, strategy="map",
+            )  # fmt: skip
+            np.testing.assert_allclose(record["loss"], direct.loss, rtol=2e-5)
+            np.testing.assert_allclose(record["grad_dist"], direct.grad_dist, rtol=2e-4, atol=1e-6)
+        checkpointer.close()
+
+
+def test_offline_reprobe_is_bit_identical_to_inline(linen_run, dataset):
+    reprobe(linen_run, progress=False, dataset=dataset)
+    for variant in ("none", "batchnorm"):
+        inline = rows(linen_run / variant / "probe.jsonl")
+        again = {r["step"]: r for r in rows(linen_run / variant / "reprobe.jsonl")}
+        assert {r["step"] for r in inline} <= set(again)  # the final checkpoint is re-probed too
+        for r in inline:
+            assert r["loss"] == again[r["step"]]["loss"]
+            assert r["grad_dist"] == again[r["step"]]["grad_dist"]
+
+
+def test_the_run_records_how_to_rebuild_its_network(linen_run, dataset):
+    record = json.loads((linen_run / "batchnorm" / "network.json").read_text())
+    assert record["factory"] == "own_models:linen_mlp"
+    assert record["model_args"] == [["norm", "batchnorm"]]
+    assert record["parameter_shapes"]["['BatchNorm_0']['scale']"] == [16]
+    # A factory that now builds other shapes is refused when the run is used again.
+    changed = user_config(model=ModelConfig(factory="own_models:linen_mlp", variant_arg="norm",
+                                            model_args=(("hidden", 8),)))  # fmt: skip
+    (linen_run / "config.json").write_text(json.dumps(changed.to_dict()))
+    try:
+        with pytest.raises(RunError, match="builds other shapes"):
+            run(changed, linen_run, resume=True, progress=False, dataset=dataset)
+    finally:
+        (linen_run / "config.json").write_text(json.dumps(user_config().to_dict()))
+
+
+def test_nnx_network_trains_probes_and_reprobes_identically(tmp_path, dataset):
+    config = user_config("own_models:nnx_net", variants=None, steps=4)
+    assert config.variants == ("nnx_net",)
+    run(config, tmp_path / "run", progress=False, dataset=dataset)
+    reprobe(tmp_path / "run", progress=False, dataset=dataset)
+    inline = rows(tmp_path / "run" / "nnx_net" / "probe.jsonl")
+    again = {r["step"]: r for r in rows(tmp_path / "run" / "nnx_net" / "reprobe.jsonl")}
+    assert len(inline) == 4 and all(r["loss"] == again[r["step"]]["loss"] for r in inline)
+    assert np.all(np.isfinite([r["loss"] for r in inline]))
+
+
+def test_recorder_in_a_hand_written_loop_matches_landscape_probe(linen_run, dataset, tmp_path):
+    config = user_config()
+    trainer = Trainer(config, "batchnorm", dataset)
+    state = trainer.initial_state()
+    etas = trainer.etas
+    with LoopRecorder(tmp_path / "loop", trainer.loss_fn, etas=etas, variant="batchnorm") as rec:
+        for step in range(config.steps):
+            batch = trainer.train_source(step)
+            new_state, out = trainer.train_step(state, batch)
+            rec(step, state.params, state.batch_stats, step_batch(state, batch),
+                grad=out.grads, loss=out.loss)  # fmt: skip
+            rec.log(step, loss=out.loss, accuracy=out.accuracy)
+            state = new_state
+    ours = rows(tmp_path / "loop" / "batchnorm" / "probe.jsonl")
+    theirs = rows(linen_run / "batchnorm" / "probe.jsonl")
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs]
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["grad_dist"], b["grad_dist"], rtol=1e-4, atol=1e-6)
+    # Without the loop's gradient the recorder computes it: the same numbers.
+    with LoopRecorder(tmp_path / "loop2", trainer.loss_fn, etas=etas) as rec:
+        state = trainer.initial_state()
+        result = rec(0, state.params, state.batch_stats, step_batch(state, trainer.train_source(0)))
+    np.testing.assert_allclose(result.loss, ours[0]["loss"], rtol=1e-6)
+
+
+def test_linen_adapter_is_the_module_itself(dataset):
+    network = build_network(ModelConfig(factory="own_models:linen_mlp"), 3)
+    params, state = network.init(jax.random.key(0), jnp.zeros((1, 6, 6, 3)))
+    assert state == {} and parameter_shapes(params)["['Dense_0']['kernel']"] == [108, 16]
+    x = jnp.ones((4, 6, 6, 3))
+    out, _ = network.apply(params, state, x, train=False)
+    direct = network.module.apply({"params": params}, x, train=False)
+    np.testing.assert_array_equal(out, direct)
+    # Dropout draws from the step's key: the same key, the same outputs; another, others.
+    a, _ = network.apply(params, state, x, train=True, rng=jax.random.key(1))
+    b, _ = network.apply(params, state, x, train=True, rng=jax.random.key(1))
+    c, _ = network.apply(params, state, x, train=True, rng=jax.random.key(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert from_linen(network.module).kind == "linen"
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"factory": "no_such_module:f"}, RunError, "does not import"),
+        ({"factory": "own_models:missing"}, RunError, "has no 'missing'"),
+        ({"factory": "own_models:not_a_network"}, RunError, "returned a int"),
+        ({"factory": "own_models:wrong_width"}, RunError, "must output \\(2, 3\\)"),
+        ({"loss": "own_models:summed_loss"}, RunError, "one value per example"),
+        ({"loss": "nonsense"}, ConfigError, "unknown loss"),
+        ({"data": "own_models:nothing_here"}, DataError, "has no 'nothing_here'"),
+    ],
+)
+def test_bad_input_is_one_line_and_no_run_directory(tmp_path, changes, error, message):
+    config = user_config(variants="plain")
+    model = config.model
+    for key in ("factory", "loss"):
+        if key in changes:
+            model = model.__class__(**{**model.__dict__, key: changes.pop(key)})
+    config = config.replace(model=model, **changes)
+    with pytest.raises(error, match=message) as caught:
+        run(config, tmp_path / "run", progress=False)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_custom_per_example_loss_trains(tmp_path, dataset):
+    model = ModelConfig(factory="own_models:linen_mlp", loss="own_models:l1_loss")
+    config = user_config(variants="plain").replace(model=model, steps=3)
+    run(config, tmp_path / "run", progress=False, dataset=dataset)
+    losses = [r["loss"] for r in rows(tmp_path / "run" / "plain" / "metrics.jsonl") if "loss" in r]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+def test_network_errors_are_value_errors():
+    assert issubclass(NetworkError, ValueError)
