@@ -231,13 +231,12 @@ class RunConfig:
 
 
 def _variant_value(name: str) -> Any:
-    """Returns a variant's name as the factory keyword's value: true/false/none, a number, or
-    the text itself (``--variants skip=true,false``)."""
+    """Returns a variant's name (or a ``--model-arg`` value) as the factory keyword's value:
+    true/false as booleans, a number as a number, any other text as it is
+    (``--variants skip=true,false``, ``--variants norm=none,batchnorm``)."""
     lowered = name.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    if lowered == "none":
-        return None
     for kind in (int, float):
         try:
             return kind(name)
@@ -603,7 +602,7 @@ def apply_model_options(
 
     ``models``: one ``package.module:function`` (or registered name), or several
     ``NAME=FACTORY``, one variant each. ``model_args``: ``KEY=VALUE`` arguments of the factory
-    (numbers, true/false and none are typed). ``variants``: names, or ``KEY=V1,V2`` to pass
+    (numbers and true/false are typed). ``variants``: names, or ``KEY=V1,V2`` to pass
     each variant's value as the factory's keyword KEY. Without ``variants`` a single factory
     trains one variant named after its function. Raises ConfigError in one line.
     """

@@ -4,11 +4,15 @@ only through import paths (``own_models:linen_mlp``), as the command does."""
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import orbax.checkpoint as ocp
 from flax import nnx
 
-from landscape.network import from_nnx
+from landscape.network import from_linen, from_nnx
+from landscape.train import make_loss_fn
 
 
 class LinenMLP(nn.Module):
@@ -75,3 +79,29 @@ def l1_loss(outputs, targets):
 
 def summed_loss(outputs, targets):
     return (outputs**2).sum()
+
+
+def train_elsewhere(folder, steps: int = 7, every: int = 3):
+    """A training loop that is not the toolkit's (its own init, batches and momentum optimizer)
+    saving Orbax checkpoints of ``{"params", "batch_stats"}`` every ``every`` steps; returns
+    ``folder``."""
+    data = tiny_images()
+    network = from_linen(linen_mlp(norm="batchnorm", num_outputs=3))
+    loss_fn = jax.jit(make_loss_fn(network))
+    params, stats = network.init(jax.random.key(42), jnp.zeros((1, 6, 6, 3)))
+    optimizer = optax.sgd(0.05, momentum=0.9)
+    opt_state = optimizer.init(params)
+    x = data["x_train"].astype(np.float32) / 255 - 0.5
+    with ocp.CheckpointManager(folder) as manager:
+        for step in range(steps):
+            idx = np.arange(step * 8, step * 8 + 16) % len(x)
+            batch = {"image": x[idx], "label": data["y_train"][idx],
+                     "rng": jax.random.key_data(jax.random.key(step))}  # fmt: skip
+            if step % every == 0:
+                state = {"params": params, "batch_stats": stats}
+                manager.save(step, args=ocp.args.StandardSave(state))
+            (_, (stats, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, batch)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+        manager.wait_until_finished()
+    return folder

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from landscape.cli import app
 from typer.testing import CliRunner
 
 from landscape.activations import (
@@ -16,7 +17,6 @@ from landscape.activations import (
     record_activations,
     sown_preactivations,
 )
-from landscape.cli import app
 from landscape.models import create_model, init_variables
 from landscape.results import ACTIVATIONS_FILE, RecordWriter, load_activations, read_rows
 

@@ -4,9 +4,8 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
-
 from landscape.cli import app, parse_etas
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from landscape.cli import app
 
 from landscape import curvature
-from landscape.cli import app
 from landscape.curvature import (
     hessian_operator,
     hutchinson,

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import with_
+from landscape.cli import app
 from typer.testing import CliRunner
 
 from landscape import results
-from landscape.cli import app
 from landscape.config import CheckpointConfig, ModelConfig, preset
 from landscape.data import DataError, batch_indices, dln_dataset, load_dataset
 from landscape.models import create_dln, create_model, loss_for_arch

@@ -236,9 +236,8 @@ def test_record_ics_matches_the_saved_next_checkpoint(keep_all_run):
 
 
 def test_ics_command(keep_all_run):
-    from typer.testing import CliRunner
-
     from landscape.cli import app
+    from typer.testing import CliRunner
 
     runner = CliRunner()
     args = ["ics", str(keep_all_run), "--every", "3", "--layers", "2,9", "--no-progress"]

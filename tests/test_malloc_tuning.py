@@ -10,7 +10,6 @@ import sys
 import textwrap
 
 import pytest
-
 from landscape.malloc_tuning import OPT_OUT, USER_SETTINGS, _glibc, tune_malloc
 
 glibc_only = pytest.mark.skipif(_glibc() is None, reason="needs Linux with glibc")

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from landscape.cli import app, resumed_config
 from typer.testing import CliRunner
 
-from landscape.cli import app, resumed_config
 from landscape.config import ModelConfig, RunConfig
 from landscape.models import NORMALIZERS, create_model, init_variables
 from landscape.norms import PAPER_NOISE, NoiseConfig, noisy_norm_factory

@@ -13,9 +13,9 @@ import time
 
 import pytest
 from conftest import REPO
+from landscape.cli import app, enable_compilation_cache
 from typer.testing import CliRunner
 
-from landscape.cli import app, enable_compilation_cache
 from landscape.config import CheckpointConfig, ModelConfig, ProbeConfig, RunConfig
 from landscape.parallel import Backend, detect_backend, log_path, plan_slots, run_parallel
 from landscape.results import read_rows

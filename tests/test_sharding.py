@@ -307,9 +307,8 @@ def test_two_processes_match_one_device(tmp_path, tiny_config):
     ],
 )
 def test_bad_devices_or_distributed_is_one_line_and_exit_2(args, message, tmp_path):
-    from typer.testing import CliRunner
-
     from landscape.cli import app
+    from typer.testing import CliRunner
 
     out = [] if "--distributed" in args else ["--out", str(tmp_path / "r")]
     result = CliRunner().invoke(app, ["train", "--preset", "smoke", *out, *args])

@@ -7,9 +7,9 @@ import json
 
 import pytest
 from conftest import with_
+from landscape.cli import app
 from typer.testing import CliRunner
 
-from landscape.cli import app
 from landscape.results import read_rows
 from landscape.sweep import (
     SweepError,

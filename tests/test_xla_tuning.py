@@ -4,8 +4,9 @@ import os
 import subprocess
 import sys
 
-from landscape import xla_tuning
 from landscape.xla_tuning import CPU_FLAGS, FLAG, OPT_OUT, tune_xla_cpu
+
+from landscape import xla_tuning
 
 
 def test_flag_added_to_existing_flags_on_a_tested_jaxlib():

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from own_models import train_elsewhere
 from typer.testing import CliRunner
 
 from landscape.app.cli import app
@@ -118,3 +119,20 @@ def test_bad_input_is_one_line_with_exit_2_and_no_run_directory(tmp_path, args, 
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_adopt_checkpoints_another_loop_saved_then_analyse_them(tmp_path):
+    folder = train_elsewhere(tmp_path / "theirs")
+    result = invoke("adopt", folder, "--out", tmp_path / "run", "--model", "own_models:linen_mlp",
+                    "--model-arg", "norm=batchnorm", "--data", "own_models:tiny_images",
+                    "--batch-size", "16")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "3 checkpoints adopted" in result.output
+    for command in (("hessian", "--no-progress"), ("report",)):
+        result = invoke(command[0], tmp_path / "run", *command[1:])
+        assert result.exit_code == 0, result.output
+    assert "analysis batches" in (tmp_path / "run" / "report.html").read_text()
+    result = invoke("adopt", folder, "--out", tmp_path / "other", "--model", "own_models:nnx_net",
+                    "--data", "own_models:tiny_images")  # fmt: skip
+    assert result.exit_code == 2 and "does not fit the network" in result.output
+    assert not (tmp_path / "other").exists()

@@ -67,6 +67,7 @@ def test_options_name_the_variants_and_the_factory_keyword():
     config = user_config()
     assert config.variants == ("none", "batchnorm")
     assert config.model_for("batchnorm").model_args == (("norm", "batchnorm"),)
+    assert config.model_for("none").model_args == (("norm", "none"),)  # text stays text
     named = apply_model_options(RunConfig(), ["a=own_models:linen_mlp", "b=own_models:nnx_net"])
     assert named.variants == ("a", "b") and named.model_for("b").factory == "own_models:nnx_net"
     single = apply_model_options(RunConfig(), ["own_models:linen_mlp"], ["hidden=8"])
