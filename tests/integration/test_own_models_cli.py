@@ -66,10 +66,17 @@ def test_every_analysis_rebuilds_the_network_from_the_record(linen_run, command)
     assert result.exit_code == 0, result.output
 
 
-def test_activations_say_what_a_network_without_sown_preactivations_lacks(linen_run):
+def test_activations_of_a_network_that_sows_nothing_through_capture(linen_run):
     result = invoke("activations", linen_run, "--no-progress")
     assert result.exit_code == 2
-    assert "sows no pre-activations" in result.output and "Traceback" not in result.output
+    assert "sows no pre-activations" in result.output and "--capture" in result.output
+    result = invoke("activations", linen_run, "--capture", "Conv", "--no-progress")
+    assert result.exit_code == 2 and "no layer of the network is a Conv" in result.output
+    result = invoke("activations", linen_run, "--capture", "Dense", "--no-progress",
+                    "--examples", "8")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = rows(linen_run / "batchnorm" / "activations.jsonl")
+    assert records and records[0]["layer"] == [1, 2]  # both Dense layers, in call order
 
 
 def test_an_nnx_network_probes_and_ics_says_what_is_missing(tmp_path):

@@ -216,3 +216,20 @@ def test_a_custom_per_example_loss_trains(tmp_path, dataset):
 
 def test_network_errors_are_value_errors():
     assert issubclass(NetworkError, ValueError)
+
+
+def test_capture_takes_the_outputs_of_named_layers_in_call_order():
+    from landscape.activations import count_preactivations, sown_preactivations
+
+    model_config = ModelConfig(factory="own_models:linen_mlp", model_args=(("norm", "batchnorm"),))
+    module = build_network(model_config, 3).module
+    variables = module.init(jax.random.key(0), jnp.zeros((1, 6, 6, 3)), train=False)
+    x = jnp.ones((4, 6, 6, 3))
+    captured = sown_preactivations(module, variables, x, capture=("Dense", "BatchNorm"))
+    assert [v.shape for v in captured.values()] == [(4, 16), (4, 16), (4, 3)]
+    first = variables["params"]["Dense_0"]
+    np.testing.assert_allclose(
+        captured[1], x.reshape(4, -1) @ first["kernel"] + first["bias"], rtol=1e-5
+    )  # the first Dense layer's output comes first
+    assert count_preactivations(module, variables, (6, 6, 3)) == 0
+    assert count_preactivations(module, variables, (6, 6, 3), ("BatchNorm",)) == 1
