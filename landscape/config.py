@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -237,11 +238,10 @@ def _variant_value(name: str) -> Any:
     lowered = name.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(name)
-        except ValueError:
-            pass
+    if re.fullmatch(r"[+-]?\d+", name):
+        return int(name)
+    if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?", name):
+        return float(name)
     return name
 
 
@@ -564,8 +564,10 @@ def _validate_builtin_model(config: RunConfig) -> None:
         if norm_for_variant(variant) not in NORMS:
             choices = ", ".join(["standard", *(n for n in NORMS if n != "none")])
             raise ConfigError(f"unknown variant {variant!r}; choose from {choices}", "variants")
-    if config.model.variant_arg is not None or config.model.model_args:
-        raise ConfigError("{key} and model arguments need a --model factory", "variant_arg")
+    if config.model.variant_arg is not None:
+        raise ConfigError("{key} KEY=V1,V2 needs a --model factory", "variants")
+    if config.model.model_args:
+        raise ConfigError("{key} needs a --model factory", "model_arg")
 
 
 def _validate_user_model(config: RunConfig) -> None:
@@ -587,9 +589,27 @@ def _validate_user_model(config: RunConfig) -> None:
             raise ConfigError(
                 f"{{key}} {factory!r}: use package.module:function or a registered name", "model"
             )
-    for key, _ in config.model.model_args:
+    for key, value in config.model.model_args:
         if not str(key).isidentifier():
             raise ConfigError(f"{{key}}: argument name {key!r} is not a Python name", "model_arg")
+        if not (value is None or isinstance(value, bool | int | float | str)):
+            raise ConfigError(
+                f"{{key}} {key}: a number, true/false or text, not {value!r}", "model_arg"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{{key}} {key}: a finite number, not {value}", "model_arg")
+    if not config.models and config.model.variant_arg is None and len(config.variants) > 1:
+        raise ConfigError(
+            "{key}: one --model trains one network; pass KEY=V1,V2 to vary one of its keywords, "
+            "or name one factory per variant (--model NAME=FACTORY)",
+            "variants",
+        )
+    for variant in config.variants:
+        if not re.fullmatch(r"[A-Za-z0-9._=+-]+", variant) or variant in (".", ".."):
+            raise ConfigError(
+                f"{{key}}: {variant!r} cannot name a folder (letters, digits, . _ = + - only)",
+                "variants",
+            )
 
 
 def apply_model_options(

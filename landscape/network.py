@@ -20,6 +20,7 @@ covariate shift, the inputs of its nonlinearities for activation statistics) loo
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -37,6 +38,9 @@ class Network(NamedTuple):
     apply: Callable[..., tuple[jax.Array, Any]]
     module: nn.Module | None = None  # the Linen module, for analyses that need its structure
     kind: str = "custom"  # "linen", "nnx" or "custom"
+    # How the Linen module is called (``from_linen``'s options), for the analyses that call it.
+    train_arg: str | None = "train"
+    state_collection: str = "batch_stats"
 
 
 LINEN_RNG_NAMES = ("noise", "dropout")
@@ -62,13 +66,16 @@ def from_linen(
 ) -> Network:
     """Returns the ``Network`` of a Flax Linen module.
 
-    ``train_arg`` is the keyword of ``__call__`` that switches training mode (None: the module
-    has none). ``state_collection`` is the mutable collection holding running statistics.
-    ``rng_names`` are the random streams the module may draw from in training mode: the first
-    gets the step's key itself, the others ``fold_in(key, i)``.
+    ``train_arg`` is the keyword of ``__call__`` that switches training mode; it is left out
+    when ``__call__`` takes no such keyword (None: never passed). ``state_collection`` is the
+    mutable collection holding running statistics. ``rng_names`` are the random streams the
+    module may draw from in training mode: the first gets the step's key itself, the others
+    ``fold_in(key, i)``.
     """
     if not isinstance(module, nn.Module):
         raise NetworkError(f"from_linen needs a flax.linen.Module, got {type(module).__name__}")
+    if train_arg is not None and not _takes_keyword(module, train_arg):
+        train_arg = None
     mode = (lambda train: {train_arg: train}) if train_arg else (lambda train: {})
 
     def init(key: jax.Array, inputs: jax.Array) -> tuple[Any, Any]:
@@ -79,66 +86,86 @@ def from_linen(
         variables = {"params": params, state_collection: state}
         if not train:
             return module.apply(variables, inputs, **mode(False)), state
-        rngs = None
-        if rng is not None:
-            rngs = {
-                n: rng if i == 0 else jax.random.fold_in(rng, i) for i, n in enumerate(rng_names)
-            }
+        rngs = None if rng is None else linen_rngs(rng, rng_names)
         outputs, updates = module.apply(
             variables, inputs, **mode(True), mutable=[state_collection], rngs=rngs
         )
         return outputs, updates.get(state_collection, {})
 
-    return Network(init, apply, module, "linen")
+    return Network(init, apply, module, "linen", train_arg, state_collection)
+
+
+def _takes_keyword(module: nn.Module, name: str) -> bool:
+    try:
+        parameters = inspect.signature(type(module).__call__).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def from_nnx(build: Callable[[nnx.Rngs], nnx.Module]) -> Network:
     """Returns the ``Network`` of a Flax NNX module, built by ``build(rngs)``.
 
     ``init`` builds the module with ``nnx.Rngs(key)``; its ``nnx.Param`` variables are the
-    parameters and its other variables (``nnx.BatchStat``...) the state, random streams aside:
-    ``apply`` reseeds every stream from the step's key, so a step draws the same dropout masks
-    whenever it is computed. Training and inference mode are the module's ``train()`` and
-    ``eval()``.
+    parameters and its other variables (``nnx.BatchStat``...) the state, random streams aside.
+    ``apply`` reseeds every stream from the step's key (stream i with ``fold_in(key, i)``), so a
+    step draws the same dropout masks whenever it is computed. Training and inference mode are
+    the module's ``train()`` and ``eval()``. The module's structure is read once, here, without
+    computing anything (``nnx.eval_shape``).
     """
-    held: dict[str, Any] = {}
-
-    def split(module: nnx.Module):
-        return nnx.split(module, nnx.Param, nnx.RngState, ...)
+    try:
+        abstract = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
+    except Exception as err:  # the user's builder failed: one line of why
+        raise NetworkError(
+            f"the NNX builder fails: {type(err).__name__}: {first_line(err)}"
+        ) from None
+    if not isinstance(abstract, nnx.Module):
+        raise NetworkError(f"the NNX builder returned {type(abstract).__name__}, not an nnx.Module")
+    graphdef, params_template, rng_template, state_template = _split(abstract)
+    streams = sorted({v.tag for v in jax.tree.leaves(rng_template, is_leaf=_is_var)})
 
     def init(key: jax.Array, inputs: jax.Array) -> tuple[Any, Any]:
-        module = build(nnx.Rngs(key))
-        if not isinstance(module, nnx.Module):
-            raise NetworkError(
-                f"the NNX builder returned {type(module).__name__}, not an nnx.Module"
-            )
-        graphdef, params, rng_state, state = split(module)
-        streams = {v.tag for v in jax.tree.leaves(rng_state, is_leaf=_is_var)}
-        held.update(graphdef=graphdef, params=params, rng_state=rng_state, state=state)
-        held["streams"] = sorted(streams)
+        _, params, _, state = _split(build(nnx.Rngs(key)))
         return nnx.to_pure_dict(params), nnx.to_pure_dict(state)
 
     def apply(params, state, inputs, *, train: bool, rng: jax.Array | None = None):
-        if "graphdef" not in held:
-            raise NetworkError("call init before apply: the NNX module is built there")
         module = nnx.merge(
-            held["graphdef"],
-            _filled(held["params"], params),
-            held["rng_state"],
-            _filled(held["state"], state),
+            graphdef,
+            _filled(params_template, params),
+            jax.tree.map(_placeholder, rng_template),
+            _filled(state_template, state),
             copy=True,
         )
         if train:
             module.train()
-            if rng is not None and held["streams"]:
-                nnx.reseed(module, **{name: rng for name in held["streams"]})
+            key = jax.random.key(0) if rng is None else rng
+            if streams:
+                nnx.reseed(module, **{n: jax.random.fold_in(key, i) for i, n in enumerate(streams)})
         else:
             module.eval()
         outputs = module(inputs)
-        _, _, _, new_state = split(module)
-        return outputs, (nnx.to_pure_dict(new_state) if train else state)
+        if not train:
+            return outputs, state
+        return outputs, nnx.to_pure_dict(_split(module)[3])
 
     return Network(init, apply, None, "nnx")
+
+
+def _split(module: nnx.Module):
+    return nnx.split(module, nnx.Param, nnx.RngState, ...)
+
+
+def _placeholder(leaf: Any) -> Any:
+    """A concrete value for an abstract random-state leaf; ``apply`` reseeds the streams."""
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return jax.random.key(0)
+    return jnp.zeros(leaf.shape, leaf.dtype)
+
+
+def first_line(err: BaseException) -> str:
+    """Returns the first line of an exception's message (JAX's can run to many lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _is_var(x: Any) -> bool:

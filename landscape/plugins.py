@@ -87,4 +87,10 @@ def call_factory(factory: Callable, spec: str, arguments: dict[str, Any], **offe
             signature.bind(**arguments, **extra)
         except TypeError as err:
             raise PluginError(f"{spec!r} cannot be called with {arguments}: {err}") from None
-    return factory(**arguments, **extra)
+    try:
+        return factory(**arguments, **extra)
+    except Exception as err:  # the user's code failed: say where, in one line
+        text = str(err).strip().splitlines()
+        raise PluginError(
+            f"{spec!r} raised {type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+        ) from None

@@ -10,7 +10,9 @@ steps it is given and writes the same records as ``landscape probe`` (docs/own-m
     recorder.close()
 
 ``loss_fn(params, model_state, batch) -> (loss, (new_model_state, outputs))`` is the loss the
-loop trains on (``landscape.train.make_loss_fn`` builds it from a network). The probe is
+loop trains on (``landscape.train.make_loss_fn`` builds it from a network). A network with
+dropout or noise draws from ``batch["rng"]`` (key data, e.g. ``jax.random.key_data(
+jax.random.fold_in(key, step))``): give the recorder the batch the step trained on, key included. The probe is
 compiled once; given the loop's gradient and loss it does not compute them again. Records are
 written as they are produced; ``landscape plot``, ``report`` and ``summary`` read the directory
 like any run's.

@@ -95,7 +95,8 @@ def provenance(dataset: Dataset, config: RunConfig) -> dict[str, Any]:
 
 # What a reused variant brings along: what training wrote, not later analyses (ICS, curvature,
 # surfaces, re-probes), which the new run computes itself with its own options.
-_TRAINING_OUTPUTS = (METRICS_FILE, PROBE_FILE)
+NETWORK_FILE = "network.json"  # how a variant's network is rebuilt, and its shapes
+_TRAINING_OUTPUTS = (METRICS_FILE, PROBE_FILE, NETWORK_FILE)
 
 
 # Settings that do not change what is trained: the variant list, where the data lies (its
@@ -268,30 +269,31 @@ def check_same_data(run_dir: Path, dataset: Dataset) -> None:
         )
 
 
-NETWORK_FILE = "network.json"
-
-
 def check_network_record(variant_dir: Path, model_config: ModelConfig, params: Any) -> None:
-    """Writes ``<variant>/network.json`` (how the network is rebuilt: factory, arguments, kind,
-    and the fingerprint of its parameter shapes) or, when it exists, checks that the network
-    built now has the same shapes. Raises RunError naming the first difference."""
-    shapes = parameter_shapes(params)
+    """Checks that the network built now has the parameter shapes ``<variant>/network.json``
+    recorded (a run from before the record existed passes). Reads only; raises RunError naming
+    the first difference. ``params`` may be abstract (``jax.eval_shape``)."""
     path = Path(variant_dir) / NETWORK_FILE
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())["parameter_shapes"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise RunError(f"{path} is damaged ({err}); it records the network's shapes") from None
-        if saved != shapes:
-            name = model_config.factory or model_config.arch
-            first = next(
-                (k for k in sorted(set(saved) | set(shapes)) if saved.get(k) != shapes.get(k)), "?"
-            )
-            raise RunError(
-                f"the network {name!r} builds other shapes than this run's ({first}: "
-                f"{shapes.get(first)} now, {saved.get(first)} when trained)"
-            )
+    if not path.exists():
         return
+    try:
+        saved = json.loads(path.read_text())["parameter_shapes"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise RunError(f"{path} is damaged ({err}); it records the network's shapes") from None
+    shapes = parameter_shapes(params)
+    if saved != shapes:
+        name = model_config.factory or model_config.arch
+        first = next(k for k in sorted(set(saved) | set(shapes)) if saved.get(k) != shapes.get(k))
+        raise RunError(
+            f"the network {name!r} builds other shapes than this run's ({first}: "
+            f"{shapes.get(first)} now, {saved.get(first)} when trained)"
+        )
+
+
+def write_network_record(variant_dir: Path, model_config: ModelConfig, params: Any) -> None:
+    """Writes ``<variant>/network.json``: how the network is rebuilt (the built-in ``arch``, or
+    the user's factory and its arguments) and the fingerprint of its parameter shapes."""
+    shapes = parameter_shapes(params)
     record = {
         "factory": model_config.factory,
         "model_args": [list(pair) for pair in model_config.model_args],
@@ -299,4 +301,5 @@ def check_network_record(variant_dir: Path, model_config: ModelConfig, params: A
         "parameter_count": int(sum(np.prod(shape) for shape in shapes.values())),
         "parameter_shapes": shapes,
     }
+    path = Path(variant_dir) / NETWORK_FILE
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -28,11 +28,13 @@ from landscape.checkpoints import Checkpointer
 from landscape.config import ModelConfig, OptimizerConfig, RunConfig, validate
 from landscape.data import Dataset, load_dataset
 from landscape.mesh import is_primary, make_mesh, place, replicated, resolve_device_count, sync
-from landscape.network import NetworkError
+from landscape.network import NetworkError, first_line
+from landscape.plugins import is_import_path
 from landscape.probe import default_strategy, probe, summarize
 from landscape.progress import progress_bar
 from landscape.results import METRICS_FILE, PROBE_FILE, RecordWriter, truncate_rows
 from landscape.rundir import (
+    NETWORK_FILE,
     RunError,
     check_model_fits_data,
     check_network_record,
@@ -42,6 +44,7 @@ from landscape.rundir import (
     plan_reuse,
     prepare_run_dir,
     provenance,
+    write_network_record,
 )
 from landscape.train import (
     BatchSource,
@@ -187,6 +190,7 @@ def compiled_functions(
     strategy: str,
     map_batch_size: int,
     num_classes: int,
+    loss: str,
 ) -> tuple:
     """Returns (network, optimizer, loss_fn, train_step, eval_step, probe_step, train_probe_step).
 
@@ -196,7 +200,6 @@ def compiled_functions(
     """
     network = build_network(model_config, num_classes)
     optimizer = make_optimizer(optimizer_config)
-    loss = model_loss(model_config)  # the model decides: cross-entropy or squared error
     loss_fn = make_loss_fn(network, loss)
     train_step = make_train_step(loss_fn, optimizer, loss)
     return (
@@ -243,6 +246,7 @@ class Trainer:
             strategy = default_strategy()
         self.probe_strategy = strategy
         model_config = cfg.model_for(self.variant)
+        self.loss = model_loss(model_config, self.dataset.task)  # the name of loss_fn's loss
         try:
             fns = compiled_functions(
                 model_config,
@@ -250,9 +254,10 @@ class Trainer:
                 strategy,
                 cfg.probe.map_batch_size,
                 self.dataset.num_outputs,
+                self.loss,
             )
         except (NetworkError, ValueError) as err:
-            raise RunError(f"{self.variant}: {err}") from None
+            raise RunError(f"{self.variant}: {first_line(err)}") from None
         self.network, self.optimizer, self.loss_fn, self.train_step, self.eval_step = fns[:5]
         # The Linen module behind the network, for analyses that need its layers (None: NNX or
         # a hand-written Network).
@@ -260,7 +265,6 @@ class Trainer:
         self.probe_step = fns[5]
         # The fused train+probe program (--fuse); the sharded path keeps the two separate.
         self.train_probe_step = fns[6] if cfg.probe.fuse and self.mesh is None else None
-        self.loss = model_loss(model_config)  # the name of loss_fn's loss (train.get_loss)
         if self.mesh is not None:
             self.train_step, self.eval_step, self.probe_step = sharded_functions(
                 self.loss_fn,
@@ -280,13 +284,12 @@ class Trainer:
         )
 
     def initial_state(self) -> TrainState:
-        """Returns the state at step 0 (on the mesh's devices when there is one). The first call
-        checks that the network's outputs fit the data and the loss (RunError otherwise)."""
+        """Returns the state at step 0 (on the mesh's devices when there is one)."""
         input_shape = tuple(self.dataset.train_images.shape[1:])
-        state = create_train_state(self.network, self.optimizer, self.config.seed, input_shape)
-        if not getattr(self, "_checked", False):
-            check_outputs(self, state)
-            self._checked = True
+        try:
+            state = create_train_state(self.network, self.optimizer, self.config.seed, input_shape)
+        except Exception as err:  # the user's init failed: one line of why
+            raise RunError(f"{self.variant}: the network's init fails: {first_line(err)}") from None
         if self.mesh is not None:  # replicated; a restored checkpoint keeps this layout
             state = place(state, replicated(self.mesh))
         return state
@@ -301,29 +304,63 @@ class Trainer:
         return out, result
 
 
-def check_outputs(trainer: Trainer, state: TrainState) -> None:
-    """Raises RunError unless the network's outputs on a batch fit the data and the loss: one
-    row per example, a class score per class (classification) or the targets' width, and a
-    per-example loss of one value per example."""
-    batch = step_batch(state, jax.tree.map(lambda a: a[:2], trainer.train_source(0)))
+def check_variant(
+    config: RunConfig, variant: str, dataset: Dataset, run_dir: Path | None = None
+) -> None:
+    """Builds ``variant``'s network and traces one training step and one evaluation on abstract
+    inputs of the data's shapes: nothing is computed and no data moves to a device. Raises
+    RunError (one line) unless the network initialises, returns ``(outputs, state)`` with the
+    state's structure unchanged, gives one row of class scores (or targets) per example for a
+    built-in loss, and the loss gives one value per example."""
+    model_config = config.model_for(variant)
+    loss = model_loss(model_config, dataset.task)
     try:
-        out = jax.eval_shape(trainer.loss_fn, state.params, state.batch_stats, batch)
+        network, optimizer, loss_fn, _, eval_step = compiled_functions(
+            model_config, config.optimizer, "map", 1, dataset.num_outputs, loss
+        )[:5]
+    except (NetworkError, ValueError) as err:
+        raise RunError(f"{variant}: {first_line(err)}") from None
+    shape = tuple(dataset.train_images.shape[1:])
+    n = min(config.batch_size, 2)
+    labels = dataset.train_labels
+    batch = {
+        "image": jax.ShapeDtypeStruct((n, *shape), jnp.float32),
+        "label": jax.ShapeDtypeStruct((n, *labels.shape[1:]), labels.dtype),
+        "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+    }
+    try:
+        state = jax.eval_shape(lambda: create_train_state(network, optimizer, config.seed, shape))
+    except Exception as err:  # the user's init failed: one line of why
+        raise RunError(f"{variant}: the network's init fails: {first_line(err)}") from None
+    if run_dir is not None:  # reopening a run: the network must still build its shapes
+        check_network_record(run_dir / variant, model_config, state.params)
+    try:
+        _, (new_state, outputs) = jax.eval_shape(loss_fn, state.params, state.batch_stats, batch)
+        jax.eval_shape(eval_step, state.params, state.batch_stats, batch)
     except Exception as err:  # the user's network or loss failed on a batch: say where
-        raise RunError(f"{trainer.variant}: the network or loss fails on a batch: {err}") from None
-    outputs = out[1][1]
-    ds = trainer.dataset
-    want = (2, ds.num_outputs)
-    if getattr(outputs, "shape", None) != want:
-        what = f"{ds.num_classes} classes" if ds.task == "classification" else "targets"
         raise RunError(
-            f"{trainer.variant}: the network outputs shape {getattr(outputs, 'shape', outputs)} "
-            f"for 2 examples, but the data has {what}: it must output {want}"
+            f"{variant}: the network or loss fails on a batch: {first_line(err)}"
+        ) from None
+    if jax.tree.structure(new_state) != jax.tree.structure(state.batch_stats) or any(
+        (a.shape, a.dtype) != (b.shape, b.dtype)
+        for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state.batch_stats), strict=True)
+    ):
+        raise RunError(
+            f"{variant}: the network's apply returns a state of another structure than its init"
         )
-    per_example = jax.eval_shape(get_loss(trainer.loss).per_example, outputs, batch["label"])
-    if per_example.shape != (2,):
+    want = (n, dataset.num_outputs)
+    user_loss = model_config.loss is not None and is_import_path(model_config.loss)
+    if not user_loss and getattr(outputs, "shape", None) != want:
+        what = f"{dataset.num_classes} classes" if dataset.task == "classification" else "targets"
         raise RunError(
-            f"{trainer.variant}: the loss {trainer.loss!r} gives shape {per_example.shape} for 2 "
-            "examples; a per-example loss returns one value per example, shape (batch,)"
+            f"{variant}: the network outputs shape {getattr(outputs, 'shape', outputs)} for "
+            f"{n} examples, but the data has {what}: it must output {want}"
+        )
+    per_example = jax.eval_shape(get_loss(loss).per_example, outputs, batch["label"])
+    if per_example.shape != (n,):
+        raise RunError(
+            f"{variant}: the loss {loss!r} gives shape {per_example.shape} for {n} examples; a "
+            "per-example loss returns one value per example, shape (batch,)"
         )
 
 
@@ -358,15 +395,15 @@ def train_variant(
     probing = probe_enabled and cfg.probe.enabled
 
     state = trainer.initial_state()
-    if is_primary():
-        variant_dir.mkdir(parents=True, exist_ok=True)
-        check_network_record(variant_dir, cfg.model_for(trainer.variant), state.params)
     start, restored = 0, False
     checkpointer = Checkpointer(variant_dir / "checkpoints", ckpt_cfg) if ckpt_every else None
     if resume and checkpointer is not None and checkpointer.latest_step() is not None:
         start, restored = int(checkpointer.latest_step()), True
         state = checkpointer.restore(start, state)
     primary = is_primary()  # only process 0 of a multi-host run writes records
+    if primary and not (variant_dir / NETWORK_FILE).exists():
+        variant_dir.mkdir(parents=True, exist_ok=True)
+        write_network_record(variant_dir, cfg.model_for(trainer.variant), state.params)
     # Rows past the restart point were produced after the newest checkpoint: drop them so the
     # rerun steps are recorded once.
     if primary:
@@ -519,9 +556,13 @@ def run(
     mesh = make_mesh(device_count)  # built once, shared by every variant
     # Every variant's network is built and checked against the data and the loss before the
     # run directory is touched: a factory that fails never leaves a half-made run behind.
-    trainers = {variant: Trainer(config, variant, dataset, mesh) for variant in config.variants}
-    for trainer in trainers.values():
-        trainer.initial_state()
+    if config.batch_size > dataset.train_images.shape[0]:
+        raise RunError(
+            f"--batch-size {config.batch_size} is larger than the {dataset.train_images.shape[0]} "
+            "training examples"
+        )
+    for variant in config.variants:
+        check_variant(config, variant, dataset, run_dir if resume else None)
     primary = is_primary()
     progress = progress and primary
     if not probe_enabled and config.probe.enabled and not resume:
@@ -547,9 +588,10 @@ def run(
             if variant in reused:
                 reports.append(VariantReport(variant, reused_from=str(reused[variant])))
                 continue
+            trainer = Trainer(config, variant, dataset, mesh)
             reports.append(
                 train_variant(
-                    trainers[variant],
+                    trainer,
                     run_dir / variant,
                     resume=resume,
                     probe_enabled=probe_enabled and config.probe.enabled,
@@ -593,6 +635,7 @@ def reprobe(
         ckpt_dir = run_dir / variant / "checkpoints"
         if not ckpt_dir.exists():
             raise RunError(f"variant {variant!r} has no checkpoints in {run_dir}")
+        check_variant(config, variant, dataset, run_dir)
         trainer = Trainer(config, variant, dataset, mesh)
         checkpointer = Checkpointer(ckpt_dir, config.checkpoint)
         chosen = [s for s in checkpointer.steps() if steps is None or s in set(steps)]

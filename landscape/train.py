@@ -105,12 +105,15 @@ def get_loss(name: str) -> Loss:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}") from None
 
 
-def model_loss(config: ModelConfig) -> str:
+def model_loss(config: ModelConfig, task: str = "classification") -> str:
     """Returns the name of the loss a model trains with: its configured ``loss``, else the
-    built-in network's own (``models.loss_for_arch``), else cross-entropy."""
+    built-in network's own (``models.loss_for_arch``), else cross-entropy for classes and the
+    mean squared error for a regression ``task``."""
     if config.loss is not None:
         return config.loss
-    return loss_for_arch(config.arch) if config.is_builtin else "cross_entropy"
+    if config.is_builtin:
+        return loss_for_arch(config.arch)
+    return "squared_error" if task == "regression" else "cross_entropy"
 
 
 def _accuracy(loss: Loss, outputs: jax.Array, targets: jax.Array) -> jax.Array:

@@ -65,7 +65,10 @@ def check_arrays(found: Mapping[str, Any], where: str) -> Arrays:
     missing = [n for n in ARRAY_NAMES if n not in found]
     if missing:
         raise UserDataError(f"{where} lacks {', '.join(missing)} (needs {', '.join(ARRAY_NAMES)})")
-    x_train, y_train, x_test, y_test = (np.asarray(found[n]) for n in ARRAY_NAMES)
+    try:
+        x_train, y_train, x_test, y_test = (np.asarray(found[n]) for n in ARRAY_NAMES)
+    except (ValueError, TypeError) as err:
+        raise UserDataError(f"{where}: the arrays cannot be read as arrays ({err})") from None
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         if x.ndim < 2 or x.shape[0] == 0:
             raise UserDataError(
@@ -92,6 +95,8 @@ def check_arrays(found: Mapping[str, Any], where: str) -> Arrays:
             f"{where}: y must be integer classes or float targets, not {y_train.dtype}"
         )
     y_train, y_test = (y.reshape(y.shape[0], -1).astype(np.float32) for y in (y_train, y_test))
+    if not (np.isfinite(y_train).all() and np.isfinite(y_test).all()):
+        raise UserDataError(f"{where}: the float targets hold NaN or inf")
     return Arrays(x_train, y_train, x_test, y_test, (), "regression")
 
 
@@ -99,7 +104,10 @@ def _classification(found, where, x_train, y_train, x_test, y_test) -> Arrays:
     if y_train.ndim != 1 or y_test.ndim != 1:
         raise UserDataError(f"{where}: class labels must be one integer per example, shape (N,)")
     if "classes" in found:
-        classes = tuple(str(c) for c in np.asarray(found["classes"]).tolist())
+        names = np.asarray(found["classes"])
+        if names.ndim != 1:
+            raise UserDataError(f"{where}: classes must be a list of names, shape (num_classes,)")
+        classes = tuple(str(c) for c in names.tolist())
     else:
         classes = tuple(str(c) for c in range(int(max(y_train.max(), y_test.max())) + 1))
     for split, y in (("train", y_train), ("test", y_test)):

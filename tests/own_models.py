@@ -105,3 +105,28 @@ def train_elsewhere(folder, steps: int = 7, every: int = 3):
             params = optax.apply_updates(params, updates)
         manager.wait_until_finished()
     return folder
+
+
+class NoTrainFlag(nn.Module):
+    """A module whose ``__call__`` has no ``train`` keyword (no BatchNorm, no dropout)."""
+
+    num_outputs: int = 10
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.num_outputs)(x.reshape(x.shape[0], -1))
+
+
+def no_train_flag(num_outputs: int = 10) -> nn.Module:
+    return NoTrainFlag(num_outputs)
+
+
+def raises(num_outputs: int = 10):
+    raise RuntimeError("the user's factory broke\nwith a second line")
+
+
+def regression_data() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((80, 5)).astype(np.float32)
+    y = x @ rng.standard_normal((5, 2)).astype(np.float32)
+    return {"x_train": x[:64], "y_train": y[:64], "x_test": x[64:], "y_test": y[64:]}

@@ -23,7 +23,7 @@ from landscape.checkpoints import Checkpointer
 from landscape.config import ModelConfig, RunConfig
 from landscape.data import Dataset, load_dataset
 from landscape.rundir import RunError, check_same_data, load_config
-from landscape.runs import Trainer
+from landscape.runs import Trainer, check_variant
 from landscape.surface_records import SurfaceError, grid_coords, record_path
 from landscape.surfaces import (
     DIRECTIONS,
@@ -45,7 +45,7 @@ from landscape.surfaces import (
     random_direction,
     random_directions,
 )
-from landscape.train import build_network, model_loss
+from landscape.train import build_network
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +60,8 @@ class GridOptions:
 @functools.lru_cache(maxsize=16)
 def compiled_picture_functions(
     model_config: ModelConfig,
-    num_classes: int,
+    num_outputs: int,
+    loss: str,
     mode: str,
     accuracy: bool,
     strategy: str | None,
@@ -69,10 +70,10 @@ def compiled_picture_functions(
     """Returns ``(grid_fn, gradient_fn)`` for a model, cached: the variants' pictures and a
     surface and an interpolation with the same shapes reuse one compilation in a process."""
     metric_fn = make_metric_fn(
-        build_network(model_config, num_classes),
+        build_network(model_config, num_outputs),
         mode,
         accuracy=accuracy,
-        loss=model_loss(model_config),
+        loss=loss,
     )
     grid_fn = make_grid_fn(
         metric_fn, strategy=strategy, map_batch_size=map_batch_size, mesh=point_mesh()
@@ -216,13 +217,15 @@ def surface(
     chosen = _check_common(mode, batches, variants, config)
     written = {}
     for variant in chosen:
+        check_variant(config, variant, dataset, run_dir)  # still the run's network
         trainer = Trainer(config, variant, dataset)
         with _variant_checkpoints(run_dir, config, variant) as checkpointer:
             at_step, state = _restore(checkpointer, trainer, step, variant)
         origin = _variables(state)
         grid_fn, gradient_fn = compiled_picture_functions(
             config.model_for(variant),
-            dataset.num_classes,
+            dataset.num_outputs,
+            trainer.loss,
             mode,
             accuracy,
             options.strategy,
@@ -314,6 +317,7 @@ def interpolate(
     chosen = _check_common(mode, batches, variants, config)
     written = {}
     for variant in chosen:
+        check_variant(config, variant, dataset, run_dir)  # still the run's network
         trainer = Trainer(config, variant, dataset)
         with _variant_checkpoints(run_dir, config, variant) as checkpointer:
             step_a, state_a = _restore(checkpointer, trainer, start, variant)
@@ -321,7 +325,8 @@ def interpolate(
         x_a, x_b = _variables(state_a), _variables(state_b)
         grid_fn, _ = compiled_picture_functions(
             config.model_for(variant),
-            dataset.num_classes,
+            dataset.num_outputs,
+            trainer.loss,
             mode,
             accuracy,
             options.strategy,

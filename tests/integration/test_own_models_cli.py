@@ -86,7 +86,11 @@ def test_an_nnx_network_probes_and_ics_says_what_is_missing(tmp_path):
     assert np.isfinite(
         [r["loss"] for r in rows(tmp_path / "nnx" / "nnx_net" / "probe.jsonl")]
     ).all()
-    assert invoke("hessian", tmp_path / "nnx", "--no-progress").exit_code == 0
+    for command in (("hessian", "--no-progress"), ("interpolate", "--no-progress", "--no-figures"),
+                    ("surface", "--step", "final", "--range", "-1:1:3", "--dims", "1",
+                     "--no-progress", "--no-figures")):  # fmt: skip
+        result = invoke(command[0], tmp_path / "nnx", *command[1:])
+        assert result.exit_code == 0, result.output
     result = invoke("ics", tmp_path / "nnx", "--no-progress")
     assert result.exit_code == 2 and "layers" in result.output
 

@@ -191,6 +191,12 @@ def test_linen_adapter_is_the_module_itself(dataset):
         ({"loss": "own_models:summed_loss"}, RunError, "one value per example"),
         ({"loss": "nonsense"}, ConfigError, "unknown loss"),
         ({"data": "own_models:nothing_here"}, DataError, "has no 'nothing_here'"),
+        (
+            {"factory": "own_models:raises"},
+            RunError,
+            "raised RuntimeError: the user's factory broke",
+        ),
+        ({"batch_size": 500}, RunError, "larger than the 96 training examples"),
     ],
 )
 def test_bad_input_is_one_line_and_no_run_directory(tmp_path, changes, error, message):
@@ -233,3 +239,25 @@ def test_capture_takes_the_outputs_of_named_layers_in_call_order():
     )  # the first Dense layer's output comes first
     assert count_preactivations(module, variables, (6, 6, 3)) == 0
     assert count_preactivations(module, variables, (6, 6, 3), ("BatchNorm",)) == 1
+
+
+def test_a_module_without_a_train_keyword_and_regression_data(tmp_path):
+    config = user_config("own_models:no_train_flag", variants=None, steps=3)
+    run(config, tmp_path / "a", progress=False, dataset=load_dataset(DATA))
+    regression = user_config("own_models:no_train_flag", variants=None, steps=3).replace(
+        data="own_models:regression_data"
+    )
+    run(regression, tmp_path / "b", progress=False)  # the mean squared error by default
+    losses = [
+        r["loss"] for r in rows(tmp_path / "b" / "no_train_flag" / "metrics.jsonl") if "loss" in r
+    ]
+    assert len(losses) == 3 and np.isfinite(losses).all()
+
+
+def test_variants_of_one_factory_must_differ_and_name_folders():
+    from landscape.config import validate
+
+    with pytest.raises(ConfigError, match="one --model trains one network"):
+        validate(user_config(variants="a,b"))
+    with pytest.raises(ConfigError, match="cannot name a folder"):
+        validate(user_config(variants="norm=../x,batchnorm"))
