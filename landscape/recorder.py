@@ -62,7 +62,7 @@ class LoopRecorder:
         self.etas = jnp.asarray(etas, jnp.float32)
         self.every = every
         self.variant = variant
-        strategy = default_strategy() if strategy == "auto" else strategy
+        strategy = default_strategy(builtin=False) if strategy == "auto" else strategy
         if config is None:
             config = RunConfig(
                 preset="loop",

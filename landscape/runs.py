@@ -243,7 +243,7 @@ class Trainer:
         cfg = self.config
         strategy = cfg.probe.strategy
         if strategy == "auto":
-            strategy = default_strategy()
+            strategy = default_strategy(builtin=not cfg.has_user_model)
         self.probe_strategy = strategy
         model_config = cfg.model_for(self.variant)
         self.loss = model_loss(model_config, self.dataset.task)  # the name of loss_fn's loss
