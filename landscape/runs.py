@@ -283,6 +283,21 @@ class Trainer:
             ds.test_images, ds.test_labels, ds.mean, ds.std, cfg.batch_size, cfg.seed, self.mesh
         )
 
+    def require_linen(self, what: str) -> None:
+        """Raises RunError unless the network is a Flax Linen module called the built-in way
+        (``train=``, the ``batch_stats`` collection): ``what`` says which analysis needs it."""
+        network = self.network
+        if network.module is None:
+            raise RunError(
+                f"{self.variant}: {what}, which landscape reads from a Flax Linen module; this "
+                f"variant's network is {network.kind} (docs/own-models.md)"
+            )
+        if (network.train_arg, network.state_collection) != ("train", "batch_stats"):
+            raise RunError(
+                f"{self.variant}: {what}; this analysis calls the Linen module with train= and "
+                "the batch_stats collection, and the network was adapted with other names"
+            )
+
     def initial_state(self) -> TrainState:
         """Returns the state at step 0 (on the mesh's devices when there is one)."""
         input_shape = tuple(self.dataset.train_images.shape[1:])

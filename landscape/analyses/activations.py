@@ -78,19 +78,9 @@ def record_activations(
     for variant in names:
         check_variant(config, variant, dataset, run_dir)  # still the run's network
         trainer = Trainer(config, variant, dataset)
-        if trainer.model is None:
-            raise RunError(
-                f"{variant}: activation statistics need the inputs of the network's nonlinearities, which landscape reads from a Flax Linen module; this "
-                f"variant's network is {trainer.network.kind} (docs/own-models.md)"
-            )
-        if (trainer.network.train_arg, trainer.network.state_collection) != (
-            "train",
-            "batch_stats",
-        ):
-            raise RunError(
-                f"{variant}: this analysis calls the Linen module with train= and the batch_stats "
-                "collection; the network was adapted with other names (docs/own-models.md)"
-            )
+        trainer.require_linen(
+            "activation statistics need the inputs of the network's nonlinearities"
+        )
         template = trainer.initial_state()
         variables = {"params": template.params, "batch_stats": template.batch_stats}
         count = count_preactivations(

@@ -88,19 +88,7 @@ def record_ics(
     for variant in names:
         check_variant(config, variant, dataset, run_dir)  # still the run's network
         trainer = Trainer(config, variant, dataset)
-        if trainer.model is None:
-            raise RunError(
-                f"{variant}: internal covariate shift needs the order of the network's layers, which landscape reads from a Flax Linen module; this "
-                f"variant's network is {trainer.network.kind} (docs/own-models.md)"
-            )
-        if (trainer.network.train_arg, trainer.network.state_collection) != (
-            "train",
-            "batch_stats",
-        ):
-            raise RunError(
-                f"{variant}: this analysis calls the Linen module with train= and the batch_stats "
-                "collection; the network was adapted with other names (docs/own-models.md)"
-            )
+        trainer.require_linen("internal covariate shift needs the order of the network's layers")
         template = trainer.initial_state()
         try:
             model_layer_list = model_layers(
