@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from landscape.network import linen_rngs
+
 PERCENTILES = (15.0, 50.0, 85.0)  # BN-Inception's MNIST figure (Ioffe & Szegedy 2015, Fig. 1)
 STATS = ("percentiles", "mean", "var", "unit_percentiles", "unit_mean", "unit_var")
 
@@ -42,17 +44,40 @@ def sown_preactivations(
     *,
     train: bool = True,
     rng: jax.Array | None = None,
+    capture: Sequence[str] = (),
 ) -> dict[int, jax.Array]:
-    """Returns ``{n: input to the nonlinearity of conv layer n}`` (NHWC arrays), n = 1, 2, ...
+    """Returns ``{n: input to the nonlinearity of layer n}`` (arrays), n = 1, 2, ...
 
-    ``train=True`` evaluates BatchNorm with the statistics of ``images`` (the running averages
-    are not changed: the updated ones are discarded); ``rng`` is the noise key of noisy layers.
+    Without ``capture``: the values the model sows as ``preact<n>`` (``landscape.models.VGG``
+    does). With ``capture`` (Flax module class names, e.g. ``("BatchNorm",)``): the outputs of
+    every submodule of those classes, numbered in the order they are called, through Flax's
+    ``capture_intermediates``, so a user's Linen model needs no ``sow`` calls. ``train=True``
+    evaluates BatchNorm with the statistics of ``images`` (the running averages are not changed:
+    the updated ones are discarded); ``rng`` is the key of dropout and noise layers.
     """
-    rngs = {"noise": rng if rng is not None else jax.random.key(0)}
+    rngs = linen_rngs(rng if rng is not None else jax.random.key(0))
     mutable = ["intermediates", "batch_stats"] if train else ["intermediates"]
+    if capture:
+        names = frozenset(capture)
+        chosen = lambda module, method: method == "__call__" and type(module).__name__ in names  # noqa: E731
+        _, state = model.apply(
+            variables, images, train=train, mutable=mutable, rngs=rngs, capture_intermediates=chosen
+        )
+        outputs = list(_call_outputs(state.get("intermediates", {})))
+        return {n: value for n, value in enumerate(outputs, start=1)}
     _, state = model.apply(variables, images, train=train, mutable=mutable, rngs=rngs)
-    sown = state["intermediates"]
+    sown = state.get("intermediates", {})
     return {int(k[len("preact") :]): v[0] for k, v in sown.items() if k.startswith("preact")}
+
+
+def _call_outputs(tree: dict):
+    """Yields the captured ``__call__`` outputs of an intermediates tree in call order (dicts
+    keep the order modules were created in, which for compact modules is the call order)."""
+    for key, value in tree.items():
+        if key == "__call__":
+            yield value[0]
+        elif isinstance(value, dict):
+            yield from _call_outputs(value)
 
 
 def distribution_stats(
@@ -82,7 +107,7 @@ def distribution_stats(
 
 
 def make_preactivation_fn(
-    model: nn.Module, layers: Sequence[int], *, train: bool = True
+    model: nn.Module, layers: Sequence[int], *, train: bool = True, capture: Sequence[str] = ()
 ) -> Callable:
     """Returns jitted ``f(params, batch_stats, images, rng) -> tuple of arrays``, one per layer.
 
@@ -99,6 +124,7 @@ def make_preactivation_fn(
             images,
             train=train,
             rng=jax.random.wrap_key_data(rng),
+            capture=capture,
         )
         return tuple(sown[n] for n in layers)
 
@@ -115,10 +141,15 @@ def layer_stats(
     return {k: np.stack([s[k] for s in per_layer]) for k in STATS}
 
 
-def count_preactivations(model: nn.Module, variables: dict, image_shape: Sequence[int]) -> int:
-    """Returns how many layers sow their pre-activation (traced, nothing computed)."""
+def count_preactivations(
+    model: nn.Module, variables: dict, image_shape: Sequence[int], capture: Sequence[str] = ()
+) -> int:
+    """Returns how many layers give their pre-activation, sown or captured (traced, nothing
+    computed)."""
     shapes = jax.eval_shape(
-        lambda v: sown_preactivations(model, v, jnp.zeros((2, *image_shape), jnp.float32)),
+        lambda v: sown_preactivations(
+            model, v, jnp.zeros((2, *image_shape), jnp.float32), capture=capture
+        ),
         variables,
     )
     return len(shapes)

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from landscape.plugins import is_import_path
 
 # The names each choice may take. The modules that implement them key their tables by these names
 # (models: architectures, normalisations, placements, convolution forms; probe: strategies;
@@ -31,6 +34,7 @@ CONV_IMPLS = ("auto", "xla", "canonical", "shifted")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 PROBE_STRATEGIES = ("auto", "unroll", "vmap", "map")
 CHECKPOINT_FORMATS = ("npz", "orbax")
+LOSSES = ("cross_entropy", "squared_error", "sum_squared_error")  # or package.module:function
 
 
 def register_norm_name(name: str) -> None:
@@ -80,6 +84,20 @@ class ModelConfig:
     noise_sigma: float = 1.25  # n_sigma: per-unit scale sigma_j ~ U(1, n_sigma)
     noise_r_mu: float = 0.1  # r_mu: per-sample shift m_ij ~ U(mu_j - r_mu, mu_j + r_mu)
     noise_r_sigma: float = 0.1  # r_sigma: per-sample scale s_ij ~ N(sigma_j, r_sigma), a std
+    # A user's network (docs/own-models.md): ``factory`` is ``package.module:function`` or a
+    # registered name, called with ``model_args`` (and ``num_outputs`` if it takes it); it returns
+    # a Flax Linen module or a ``landscape.network.Network``. None: the built-in ``arch``.
+    factory: str | None = None
+    model_args: tuple[tuple[str, Any], ...] = ()
+    variant_arg: str | None = None  # the factory keyword each variant's name is passed as
+    # The training loss: cross_entropy, squared_error, sum_squared_error or package.module:function
+    # (per-example loss of (outputs, targets)). None: the model's own (VGG and user networks
+    # cross-entropy, the deep linear network its summed squared error).
+    loss: str | None = None
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.factory is None
 
 
 # The smallest value of each noise constant Algorithm 1 can draw with: three are half-widths or a
@@ -155,6 +173,8 @@ class RunConfig:
     eval_batches: int | None = None  # limit the test set to this many batches of 1,000
     log_every: int = 50  # how often metrics are flushed from the device to disk
     variants: tuple[str, ...] = ("standard", "batchnorm")
+    # Several named factories, one per variant (``--model plain=pkg.nets:plain``): (name, factory).
+    models: tuple[tuple[str, str], ...] = ()
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -177,17 +197,52 @@ class RunConfig:
                 values = dict(raw[key])
                 if key == "probe" and values.get("etas") is not None:
                     values["etas"] = tuple(values["etas"])
+                if key == "model" and "model_args" in values:
+                    values["model_args"] = tuple(tuple(pair) for pair in values["model_args"])
                 raw[key] = sub(**values)
         if "variants" in raw:
             raw["variants"] = tuple(raw["variants"])
+        if "models" in raw:
+            raw["models"] = tuple(tuple(pair) for pair in raw["models"])
         return cls(**raw)
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
     def model_for(self, variant: str) -> ModelConfig:
-        """Returns the model configuration of one variant of this run."""
+        """Returns the model configuration of one variant of this run.
+
+        Built-in networks: the variant names the normalisation. A user's network: the variant's
+        own factory (``models``), or the shared factory with the variant's name passed as its
+        ``variant_arg`` keyword, or the shared factory as it is.
+        """
+        if self.models:
+            return dataclasses.replace(self.model, factory=dict(self.models)[variant])
+        if self.model.factory is not None:
+            if self.model.variant_arg is None:
+                return self.model
+            args = (*self.model.model_args, (self.model.variant_arg, _variant_value(variant)))
+            return dataclasses.replace(self.model, model_args=args)
         return dataclasses.replace(self.model, norm=norm_for_variant(variant))
+
+    @property
+    def has_user_model(self) -> bool:
+        """Returns True when the run trains a user's network (``model.factory`` or ``models``)."""
+        return bool(self.models) or self.model.factory is not None
+
+
+def _variant_value(name: str) -> Any:
+    """Returns a variant's name (or a ``--model-arg`` value) as the factory keyword's value:
+    true/false as booleans, a number as a number, any other text as it is
+    (``--variants skip=true,false``, ``--variants norm=none,batchnorm``)."""
+    lowered = name.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if re.fullmatch(r"[+-]?\d+", name):
+        return int(name)
+    if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?", name):
+        return float(name)
+    return name
 
 
 PRESETS: dict[str, RunConfig] = {
@@ -321,6 +376,9 @@ SETTINGS: dict[str, Setting] = {
     "placement": Setting("model.placement", str, choices=lambda: PLACEMENTS),
     "conv_impl": Setting("model.conv_impl", str, choices=lambda: CONV_IMPLS),
     **{name: Setting(f"model.{name}", float, least=least) for name, least in NOISE_MINIMUM.items()},
+    "model": Setting("model.factory", str, optional=True),
+    "variant_arg": Setting("model.variant_arg", str, optional=True),
+    "loss": Setting("model.loss", str, optional=True),
     "optimizer": Setting("optimizer.name", str, choices=lambda: OPTIMIZERS),
     "lr": _positive("optimizer.learning_rate", float),
     "momentum": _nonneg("optimizer.momentum", float),
@@ -469,6 +527,27 @@ def validate(config: RunConfig) -> RunConfig:
     """
     for name in SETTINGS:
         check_setting(name, get_setting(config, name))
+    if not config.variants:
+        raise ConfigError("{key} needs at least one name", "variants")
+    if config.has_user_model:
+        _validate_user_model(config)
+    else:
+        _validate_builtin_model(config)
+    loss = config.model.loss
+    if loss is not None and loss not in LOSSES and not is_import_path(loss):
+        raise ConfigError(
+            f"unknown {{key}} {loss!r}; choose {', '.join(LOSSES)} or package.module:function",
+            "loss",
+        )
+    if len(set(config.variants)) != len(config.variants):
+        raise ConfigError("{key} lists a variant twice", "variants")
+    etas = config.probe.etas
+    if etas is not None and (not etas or not all(math.isfinite(e) and e > 0 for e in etas)):
+        raise ConfigError(f"{{key}} {etas}: step sizes must be positive finite numbers", "etas")
+    return config
+
+
+def _validate_builtin_model(config: RunConfig) -> None:
     arch = config.model.arch
     if arch not in VGG_ARCHS and not is_dln(arch):
         raise ConfigError(
@@ -481,15 +560,101 @@ def validate(config: RunConfig) -> RunConfig:
             "dln (or dln:SEED), a VGG on image data; try the dln-quick preset",
             "arch",
         )
-    if not config.variants:
-        raise ConfigError("{key} needs at least one name", "variants")
     for variant in config.variants:
         if norm_for_variant(variant) not in NORMS:
             choices = ", ".join(["standard", *(n for n in NORMS if n != "none")])
             raise ConfigError(f"unknown variant {variant!r}; choose from {choices}", "variants")
-    if len(set(config.variants)) != len(config.variants):
-        raise ConfigError("{key} lists a variant twice", "variants")
-    etas = config.probe.etas
-    if etas is not None and (not etas or not all(math.isfinite(e) and e > 0 for e in etas)):
-        raise ConfigError(f"{{key}} {etas}: step sizes must be positive finite numbers", "etas")
-    return config
+    if config.model.variant_arg is not None:
+        raise ConfigError("{key} KEY=V1,V2 needs a --model factory", "variants")
+    if config.model.model_args:
+        raise ConfigError("{key} needs a --model factory", "model_arg")
+
+
+def _validate_user_model(config: RunConfig) -> None:
+    if config.models:
+        if config.model.factory is not None:
+            raise ConfigError("give either one {key} factory or named ones (NAME=FACTORY)", "model")
+        names = [name for name, _ in config.models]
+        if len(set(names)) != len(names):
+            raise ConfigError("{key} names a variant twice", "model")
+        if tuple(names) != tuple(config.variants):
+            raise ConfigError(
+                f"{{key}}: the variants are the named models ({', '.join(names)}), "
+                f"not {', '.join(config.variants)}",
+                "variants",
+            )
+    factories = [factory for _, factory in config.models] or [config.model.factory]
+    for factory in factories:
+        if not factory or (":" in factory and not is_import_path(factory)):
+            raise ConfigError(
+                f"{{key}} {factory!r}: use package.module:function or a registered name", "model"
+            )
+    for key, value in config.model.model_args:
+        if not str(key).isidentifier():
+            raise ConfigError(f"{{key}}: argument name {key!r} is not a Python name", "model_arg")
+        if not (value is None or isinstance(value, bool | int | float | str)):
+            raise ConfigError(
+                f"{{key}} {key}: a number, true/false or text, not {value!r}", "model_arg"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{{key}} {key}: a finite number, not {value}", "model_arg")
+    if not config.models and config.model.variant_arg is None and len(config.variants) > 1:
+        raise ConfigError(
+            "{key}: one --model trains one network; pass KEY=V1,V2 to vary one of its keywords, "
+            "or name one factory per variant (--model NAME=FACTORY)",
+            "variants",
+        )
+    for variant in config.variants:
+        if not re.fullmatch(r"[A-Za-z0-9._=+-]+", variant) or variant in (".", ".."):
+            raise ConfigError(
+                f"{{key}}: {variant!r} cannot name a folder (letters, digits, . _ = + - only)",
+                "variants",
+            )
+
+
+def apply_model_options(
+    config: RunConfig,
+    models: Sequence[str] = (),
+    model_args: Sequence[str] = (),
+    variants: str | None = None,
+) -> RunConfig:
+    """Returns ``config`` training the user's network the command line names.
+
+    ``models``: one ``package.module:function`` (or registered name), or several
+    ``NAME=FACTORY``, one variant each. ``model_args``: ``KEY=VALUE`` arguments of the factory
+    (numbers and true/false are typed). ``variants``: names, or ``KEY=V1,V2`` to pass
+    each variant's value as the factory's keyword KEY. Without ``variants`` a single factory
+    trains one variant named after its function. Raises ConfigError in one line.
+    """
+    model = config.model
+    named: list[tuple[str, str]] = []
+    for item in models:
+        name, sep, factory = item.partition("=")
+        if sep:
+            named.append((name.strip(), factory.strip()))
+        elif len(models) > 1:
+            raise ConfigError("{key}: name each of several models, NAME=FACTORY", "model")
+        else:
+            model = dataclasses.replace(model, factory=item.strip())
+    arguments = []
+    for item in model_args:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{{key}} {item!r}: use KEY=VALUE", "model_arg")
+        arguments.append((key.strip(), _variant_value(text.strip())))
+    if arguments:
+        model = dataclasses.replace(model, model_args=tuple(arguments))
+    changes: dict[str, Any] = {"model": model}
+    if named:
+        changes["models"] = tuple(named)
+        changes["variants"] = tuple(name for name, _ in named)
+    if variants is not None:
+        key, sep, values = variants.partition("=")
+        if sep:
+            changes["model"] = dataclasses.replace(changes["model"], variant_arg=key.strip())
+            variants = values
+        names = tuple(v.strip() for v in variants.split(",") if v.strip())
+        changes["variants"] = names
+    elif model.factory is not None and not named:
+        changes["variants"] = (model.factory.rpartition(":")[2].rpartition(".")[2],)
+    return config.replace(**changes)

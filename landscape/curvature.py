@@ -36,6 +36,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from landscape.network import Network, check_network
 from landscape.probe import (
     _scalar_loss,
     default_strategy,
@@ -43,7 +44,7 @@ from landscape.probe import (
     hessian_vector_product,
     probe,
 )
-from landscape.train import get_loss
+from landscape.train import get_loss, reduce_loss
 
 MODES = ("train", "eval")
 ALL_PARAMETERS = "all"
@@ -52,7 +53,7 @@ ALL_PARAMETERS = "all"
 # --- the loss ---------------------------------------------------------------------------------
 
 
-def make_eval_loss_fn(model: nn.Module, loss: str = "cross_entropy") -> Callable:
+def make_eval_loss_fn(model: Network | nn.Module, loss: str = "cross_entropy") -> Callable:
     """Returns the inference-mode loss ``loss_fn(params, batch_stats, batch)``.
 
     Same signature and return value as ``landscape.train.make_loss_fn`` (``(mean cross-entropy
@@ -61,15 +62,12 @@ def make_eval_loss_fn(model: nn.Module, loss: str = "cross_entropy") -> Callable
     inference-mode landscape is wanted; the optimiser sees the training-mode loss. ``loss``
     names the model's training loss (``landscape.train.LOSSES``).
     """
+    network = check_network(model)
     spec = get_loss(loss)
 
     def loss_fn(params, batch_stats, batch):
-        logits = model.apply(
-            {"params": params, "batch_stats": batch_stats}, batch["image"], train=False
-        )
-        losses = spec.per_example(logits, batch["label"])
-        value = losses.sum() if spec.reduction == "sum" else losses.mean()
-        return value, (batch_stats, logits)
+        logits, _ = network.apply(params, batch_stats, batch["image"], train=False)
+        return reduce_loss(spec, logits, batch["label"]), (batch_stats, logits)
 
     return loss_fn
 

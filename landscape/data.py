@@ -26,6 +26,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from landscape.plugins import DATA_GROUP, is_import_path, registered
+from landscape.progress import transient_bar
+from landscape.user_data import Arrays, UserDataError, from_factory, read_npz
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 # The CIFAR-10 page publishes only an MD5. The SHA-256 below is the one other loaders pin for the
 # same 170,052,171-byte file (JuliaML/MLDatasets.jl, ankane/torchvision-ruby); we verify SHA-256
@@ -279,6 +283,60 @@ def dln_dataset(
     )
 
 
+# --- the user's arrays (landscape.user_data) ---------------------------------------------------
+
+
+def arrays_dataset(arrays: Arrays, name: str, source: str, checksum: str | None = None) -> Dataset:
+    """Returns the ``Dataset`` of a user's checked arrays.
+
+    uint8 inputs are scaled to [0, 1] and standardised with the training set's per-channel
+    statistics (the last axis of NHWC images; one mean and standard deviation otherwise); float
+    inputs are used as they are.
+    """
+    x = arrays.x_train
+    if x.dtype != np.uint8:
+        mean, std = np.zeros((), np.float32), np.ones((), np.float32)
+    elif x.ndim == 4 and x.shape[-1] == 3:
+        mean, std = channel_stats(x)
+    else:
+        axes = tuple(range(x.ndim - 1)) if x.ndim == 4 else None
+        scaled = x.astype(np.float64) / 255.0
+        mean = scaled.mean(axis=axes).astype(np.float32)
+        std = np.maximum(scaled.std(axis=axes), 1e-12).astype(np.float32)
+    return Dataset(
+        name=name,
+        train_images=x,
+        train_labels=arrays.y_train,
+        test_images=arrays.x_test,
+        test_labels=arrays.y_test,
+        classes=arrays.classes,
+        source=source,
+        checksum=checksum or arrays_sha256(x, arrays.y_train, arrays.x_test, arrays.y_test),
+        mean=mean,
+        std=std,
+        task=arrays.task,
+    )
+
+
+def load_user_data(spec: str) -> Dataset:
+    """Returns the data of an ``.npz`` file or of a data factory (``package.module:function`` or
+    a registered name); raises DataError in one line."""
+    try:
+        if spec.endswith(".npz"):
+            path = Path(spec).expanduser()
+            if not path.exists():
+                raise DataError(f"--data {spec}: no such file")
+            return arrays_dataset(read_npz(path), path.name, str(path.resolve()), file_sha256(path))
+        return arrays_dataset(from_factory(spec), spec, spec)
+    except UserDataError as err:
+        raise DataError(str(err)) from None
+
+
+def is_user_data(spec: str) -> bool:
+    """Returns True for data a user brings: an .npz path, an import path or a registered name."""
+    return spec.endswith(".npz") or is_import_path(spec) or spec in registered(DATA_GROUP)
+
+
 # --- reading folders and archives ---------------------------------------------------------------
 
 
@@ -338,7 +396,7 @@ def _tar_files(path: Path, progress: bool = False) -> dict[str, Source]:
     files: dict[str, Source] = {}
     try:
         with (
-            _progress_bar(progress, None, f"reading {path.name}"),
+            transient_bar(progress, None, f"reading {path.name}"),
             tarfile.open(path, "r:*") as tar,
         ):
             for member in tar:  # one sequential pass: a .tar.gz cannot seek cheaply
@@ -458,7 +516,7 @@ def _decode_images(files: Mapping[str, Source], path: Path, progress: bool):
         )
     index = {c: i for i, c in enumerate(classes)}
     splits = {}
-    with _progress_bar(progress, len(entries), f"decoding {path.name}") as advance:
+    with transient_bar(progress, len(entries), f"decoding {path.name}") as advance:
         for split in ("test", "train"):
             chosen = [(c, n) for s, c, n in entries if s == split]
             images = np.empty((len(chosen), 32, 32, 3), np.uint8)
@@ -589,38 +647,6 @@ def _save_cache(cache: Path, ds: Dataset) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
-# --- progress -----------------------------------------------------------------------------------
-
-
-class _NoBar:
-    def __enter__(self):
-        return lambda n=1: None
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _Bar:
-    def __init__(self, total: int | None, description: str):
-        from rich.progress import Progress
-
-        self._progress = Progress(transient=True)
-        self._task = self._progress.add_task(description, total=total)
-
-    def __enter__(self):
-        self._progress.start()
-        return lambda n=1: self._progress.advance(self._task, n)
-
-    def __exit__(self, *exc):
-        self._progress.stop()
-        return False
-
-
-def _progress_bar(enabled: bool, total: int | None, description: str):
-    """Returns a context manager yielding ``advance(n=1)``; a rich bar only when ``enabled``."""
-    return _Bar(total, description) if enabled else _NoBar()
-
-
 # --- download -----------------------------------------------------------------------------------
 
 
@@ -652,7 +678,7 @@ def download_cifar10(
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0)
-            with _progress_bar(progress, total or None, "downloading CIFAR-10") as advance:
+            with transient_bar(progress, total or None, "downloading CIFAR-10") as advance:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
                     for digest in digests.values():
@@ -727,8 +753,8 @@ def load_dataset(
     """Returns the data named by ``spec``.
 
     ``spec`` is ``"synthetic"`` (or ``"synthetic:SEED"``), ``"dln"`` (or ``"dln:SEED"``: the deep
-    linear network's regression task, ``dln_dataset``), a path (binary archive or folder,
-    image folder or tar), or ``"cifar10"``/None for real CIFAR-10 found in this order:
+    linear network's regression task, ``dln_dataset``), a user's ``.npz`` file or data factory
+    (``landscape.user_data``), a path (binary archive or folder, image folder or tar), or ``"cifar10"``/None for real CIFAR-10 found in this order:
     ``$LANDSCAPE_DATA`` (a path), the cache folder (``cifar-10-binary.tar.gz`` or
     ``cifar-10-batches-bin/``), a download (when ``download``). Never falls back to other data:
     when nothing works it raises ``DataError`` with one line listing the options.
@@ -746,6 +772,8 @@ def load_dataset(
             return dln_dataset(int(seed) if seed else 0)
         except ValueError:
             raise DataError(f"--data {spec!r}: use 'dln' or 'dln:SEED'") from None
+    if spec is not None and is_user_data(spec):
+        return load_user_data(spec)
     if spec not in (None, "", "cifar10"):
         return load_path(spec, cache_dir=cache_dir, progress=progress)
     env = os.environ.get("LANDSCAPE_DATA", "").strip()

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from landscape.network import linen_rngs
 from landscape.probe import _scalar_loss
 from landscape.train import step_batch
 
@@ -101,7 +102,7 @@ def model_layers(model: nn.Module, variables: dict, example: jax.Array, **kwargs
 
     def trace(v, x):
         with nn.intercept_methods(interceptor):
-            return model.apply(v, x, train=True, mutable=True, rngs={"noise": jax.random.key(0)})
+            return model.apply(v, x, train=True, mutable=True, rngs=linen_rngs(jax.random.key(0)))
 
     jax.eval_shape(trace, variables, example)
     rank = {path: i for i, path in enumerate(called)}

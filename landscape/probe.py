@@ -50,16 +50,20 @@ def _scalar_loss(loss_fn: Callable, model_state: Any) -> Callable:
     return f
 
 
-def default_strategy(backend: str | None = None) -> str:
+def default_strategy(backend: str | None = None, *, builtin: bool = True) -> str:
     """Returns the fastest way to map over step sizes on ``backend`` (docs/performance.md).
 
-    On CPU, ``lax.map`` one eta at a time: its loop body is one gradient evaluation, where the
-    unrolled loop compiles K of them, and XLA's CPU backend runs ``vmap``'s batched convolutions
-    slowly. On accelerators the batched
-    version keeps the device busy.
+    On CPU, for the built-in networks, ``lax.map`` one eta at a time: its loop body is one
+    gradient evaluation, where the unrolled loop compiles K of them, and XLA's CPU backend runs
+    ``vmap``'s batched convolutions slowly. A user's network (``builtin=False``) is unrolled on
+    CPU instead: XLA's own convolution gradients run many times slower inside a loop body, and
+    the built-in networks avoid them with hand-written ones (``models.conv3x3_canonical``). On
+    accelerators the batched version keeps the device busy.
     """
     backend = backend or jax.default_backend()
-    return "map" if backend == "cpu" else "vmap"
+    if backend != "cpu":
+        return "vmap"
+    return "map" if builtin else "unroll"
 
 
 def probe(

@@ -31,3 +31,33 @@ def progress_bar(*middle: str, name: str = "{task.description:<12}", **options: 
         refresh_per_second=options.pop("refresh_per_second", 4),
         **options,
     )
+
+
+class _NoBar:
+    def __enter__(self):
+        return lambda n=1: None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Bar:
+    def __init__(self, total: int | None, description: str):
+        from rich.progress import Progress
+
+        self._progress = Progress(transient=True)
+        self._task = self._progress.add_task(description, total=total)
+
+    def __enter__(self):
+        self._progress.start()
+        return lambda n=1: self._progress.advance(self._task, n)
+
+    def __exit__(self, *exc):
+        self._progress.stop()
+        return False
+
+
+def transient_bar(enabled: bool, total: int | None, description: str):
+    """Returns a context manager yielding ``advance(n=1)``: a rich bar that disappears when done
+    (reading and decoding data), only when ``enabled``."""
+    return _Bar(total, description) if enabled else _NoBar()

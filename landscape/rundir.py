@@ -22,8 +22,9 @@ import jax
 import numpy as np
 
 from landscape.checkpoints import complete_steps
-from landscape.config import RunConfig, is_dln
+from landscape.config import ModelConfig, RunConfig, is_dln
 from landscape.data import Dataset
+from landscape.network import parameter_shapes
 from landscape.results import METRICS_FILE, PROBE_FILE, read_rows
 
 
@@ -94,7 +95,8 @@ def provenance(dataset: Dataset, config: RunConfig) -> dict[str, Any]:
 
 # What a reused variant brings along: what training wrote, not later analyses (ICS, curvature,
 # surfaces, re-probes), which the new run computes itself with its own options.
-_TRAINING_OUTPUTS = (METRICS_FILE, PROBE_FILE)
+NETWORK_FILE = "network.json"  # how a variant's network is rebuilt, and its shapes
+_TRAINING_OUTPUTS = (METRICS_FILE, PROBE_FILE, NETWORK_FILE)
 
 
 # Settings that do not change what is trained: the variant list, where the data lies (its
@@ -236,7 +238,10 @@ def plan_reuse(
 
 
 def check_model_fits_data(config: RunConfig, dataset: Dataset) -> None:
-    """Raises RunError unless the model's task is the data's (DLN: regression; VGG: classes)."""
+    """Raises RunError unless the model's task is the data's (DLN: regression; VGG: classes).
+    A user's network is checked on a batch instead (``runs.check_outputs``)."""
+    if config.has_user_model:
+        return
     wants_regression = is_dln(config.model.arch)
     if wants_regression != (dataset.task == "regression"):
         raise RunError(
@@ -262,3 +267,39 @@ def check_same_data(run_dir: Path, dataset: Dataset) -> None:
             f"the data differs from the run's (sha256 {dataset.checksum[:12]}..., the run used "
             f"{expected[:12]}...); pass the --data the run was trained on"
         )
+
+
+def check_network_record(variant_dir: Path, model_config: ModelConfig, params: Any) -> None:
+    """Checks that the network built now has the parameter shapes ``<variant>/network.json``
+    recorded (a run from before the record existed passes). Reads only; raises RunError naming
+    the first difference. ``params`` may be abstract (``jax.eval_shape``)."""
+    path = Path(variant_dir) / NETWORK_FILE
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text())["parameter_shapes"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise RunError(f"{path} is damaged ({err}); it records the network's shapes") from None
+    shapes = parameter_shapes(params)
+    if saved != shapes:
+        name = model_config.factory or model_config.arch
+        first = next(k for k in sorted(set(saved) | set(shapes)) if saved.get(k) != shapes.get(k))
+        raise RunError(
+            f"the network {name!r} builds other shapes than this run's ({first}: "
+            f"{shapes.get(first)} now, {saved.get(first)} when trained)"
+        )
+
+
+def write_network_record(variant_dir: Path, model_config: ModelConfig, params: Any) -> None:
+    """Writes ``<variant>/network.json``: how the network is rebuilt (the built-in ``arch``, or
+    the user's factory and its arguments) and the fingerprint of its parameter shapes."""
+    shapes = parameter_shapes(params)
+    record = {
+        "factory": model_config.factory,
+        "model_args": [list(pair) for pair in model_config.model_args],
+        "arch": None if model_config.factory else model_config.arch,
+        "parameter_count": int(sum(np.prod(shape) for shape in shapes.values())),
+        "parameter_shapes": shapes,
+    }
+    path = Path(variant_dir) / NETWORK_FILE
+    path.write_text(json.dumps(record, indent=2) + "\n")

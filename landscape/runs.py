@@ -28,30 +28,36 @@ from landscape.checkpoints import Checkpointer
 from landscape.config import ModelConfig, OptimizerConfig, RunConfig, validate
 from landscape.data import Dataset, load_dataset
 from landscape.mesh import is_primary, make_mesh, place, replicated, resolve_device_count, sync
-from landscape.models import loss_for_arch
+from landscape.network import NetworkError, first_line
+from landscape.plugins import is_import_path
 from landscape.probe import default_strategy, probe, summarize
 from landscape.progress import progress_bar
 from landscape.results import METRICS_FILE, PROBE_FILE, RecordWriter, truncate_rows
 from landscape.rundir import (
+    NETWORK_FILE,
     RunError,
     check_model_fits_data,
+    check_network_record,
     check_same_data,
     copy_variant,
     load_config,
     plan_reuse,
     prepare_run_dir,
     provenance,
+    write_network_record,
 )
 from landscape.train import (
     BatchSource,
     TrainState,
-    build_model,
+    build_network,
     create_train_state,
     evaluate,
+    get_loss,
     make_eval_step,
     make_loss_fn,
     make_optimizer,
     make_train_step,
+    model_loss,
     step_batch,
 )
 
@@ -184,23 +190,24 @@ def compiled_functions(
     strategy: str,
     map_batch_size: int,
     num_classes: int,
+    loss: str,
 ) -> tuple:
-    """Returns (model, optimizer, loss_fn, train_step, eval_step, probe_step, train_probe_step).
+    """Returns (network, optimizer, loss_fn, train_step, eval_step, probe_step, train_probe_step).
 
     Cached, so the variants of a sweep, a resumed run or a re-probe in the same process reuse
-    the compiled programs instead of compiling them again.
+    the compiled programs instead of compiling them again. Raises NetworkError for a user's
+    network that cannot be built.
     """
-    model = build_model(model_config, num_classes)
+    network = build_network(model_config, num_classes)
     optimizer = make_optimizer(optimizer_config)
-    loss = loss_for_arch(model_config.arch)  # the model decides: cross-entropy or squared error
-    loss_fn = make_loss_fn(model, loss)
+    loss_fn = make_loss_fn(network, loss)
     train_step = make_train_step(loss_fn, optimizer, loss)
     return (
-        model,
+        network,
         optimizer,
         loss_fn,
         train_step,
-        make_eval_step(model, loss),
+        make_eval_step(network, loss),
         make_probe_step(loss_fn, strategy, map_batch_size),
         make_train_probe_step(train_step, loss_fn, strategy, map_batch_size),
     )
@@ -236,20 +243,28 @@ class Trainer:
         cfg = self.config
         strategy = cfg.probe.strategy
         if strategy == "auto":
-            strategy = default_strategy()
+            strategy = default_strategy(builtin=not cfg.has_user_model)
         self.probe_strategy = strategy
-        fns = compiled_functions(
-            cfg.model_for(self.variant),
-            cfg.optimizer,
-            strategy,
-            cfg.probe.map_batch_size,
-            self.dataset.num_outputs,
-        )
-        self.model, self.optimizer, self.loss_fn, self.train_step, self.eval_step = fns[:5]
+        model_config = cfg.model_for(self.variant)
+        self.loss = model_loss(model_config, self.dataset.task)  # the name of loss_fn's loss
+        try:
+            fns = compiled_functions(
+                model_config,
+                cfg.optimizer,
+                strategy,
+                cfg.probe.map_batch_size,
+                self.dataset.num_outputs,
+                self.loss,
+            )
+        except (NetworkError, ValueError) as err:
+            raise RunError(f"{self.variant}: {first_line(err)}") from None
+        self.network, self.optimizer, self.loss_fn, self.train_step, self.eval_step = fns[:5]
+        # The Linen module behind the network, for analyses that need its layers (None: NNX or
+        # a hand-written Network).
+        self.model = self.network.module
         self.probe_step = fns[5]
         # The fused train+probe program (--fuse); the sharded path keeps the two separate.
         self.train_probe_step = fns[6] if cfg.probe.fuse and self.mesh is None else None
-        self.loss = loss_for_arch(cfg.model.arch)  # the name of loss_fn's loss (train.LOSSES)
         if self.mesh is not None:
             self.train_step, self.eval_step, self.probe_step = sharded_functions(
                 self.loss_fn,
@@ -268,9 +283,28 @@ class Trainer:
             ds.test_images, ds.test_labels, ds.mean, ds.std, cfg.batch_size, cfg.seed, self.mesh
         )
 
+    def require_linen(self, what: str) -> None:
+        """Raises RunError unless the network is a Flax Linen module called the built-in way
+        (``train=``, the ``batch_stats`` collection): ``what`` says which analysis needs it."""
+        network = self.network
+        if network.module is None:
+            raise RunError(
+                f"{self.variant}: {what}, which landscape reads from a Flax Linen module; this "
+                f"variant's network is {network.kind} (docs/own-models.md)"
+            )
+        if (network.train_arg, network.state_collection) != ("train", "batch_stats"):
+            raise RunError(
+                f"{self.variant}: {what}; this analysis calls the Linen module with train= and "
+                "the batch_stats collection, and the network was adapted with other names"
+            )
+
     def initial_state(self) -> TrainState:
+        """Returns the state at step 0 (on the mesh's devices when there is one)."""
         input_shape = tuple(self.dataset.train_images.shape[1:])
-        state = create_train_state(self.model, self.optimizer, self.config.seed, input_shape)
+        try:
+            state = create_train_state(self.network, self.optimizer, self.config.seed, input_shape)
+        except Exception as err:  # the user's init failed: one line of why
+            raise RunError(f"{self.variant}: the network's init fails: {first_line(err)}") from None
         if self.mesh is not None:  # replicated; a restored checkpoint keeps this layout
             state = place(state, replicated(self.mesh))
         return state
@@ -283,6 +317,66 @@ class Trainer:
             state, batch, out.grads, out.loss, self.etas if etas is None else etas
         )
         return out, result
+
+
+def check_variant(
+    config: RunConfig, variant: str, dataset: Dataset, run_dir: Path | None = None
+) -> None:
+    """Builds ``variant``'s network and traces one training step and one evaluation on abstract
+    inputs of the data's shapes: nothing is computed and no data moves to a device. Raises
+    RunError (one line) unless the network initialises, returns ``(outputs, state)`` with the
+    state's structure unchanged, gives one row of class scores (or targets) per example for a
+    built-in loss, and the loss gives one value per example."""
+    model_config = config.model_for(variant)
+    loss = model_loss(model_config, dataset.task)
+    try:
+        network, optimizer, loss_fn, _, eval_step = compiled_functions(
+            model_config, config.optimizer, "map", 1, dataset.num_outputs, loss
+        )[:5]
+    except (NetworkError, ValueError) as err:
+        raise RunError(f"{variant}: {first_line(err)}") from None
+    shape = tuple(dataset.train_images.shape[1:])
+    n = min(config.batch_size, 2)
+    labels = dataset.train_labels
+    batch = {
+        "image": jax.ShapeDtypeStruct((n, *shape), jnp.float32),
+        "label": jax.ShapeDtypeStruct((n, *labels.shape[1:]), labels.dtype),
+        "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+    }
+    try:
+        state = jax.eval_shape(lambda: create_train_state(network, optimizer, config.seed, shape))
+    except Exception as err:  # the user's init failed: one line of why
+        raise RunError(f"{variant}: the network's init fails: {first_line(err)}") from None
+    if run_dir is not None:  # reopening a run: the network must still build its shapes
+        check_network_record(run_dir / variant, model_config, state.params)
+    try:
+        _, (new_state, outputs) = jax.eval_shape(loss_fn, state.params, state.batch_stats, batch)
+        jax.eval_shape(eval_step, state.params, state.batch_stats, batch)
+    except Exception as err:  # the user's network or loss failed on a batch: say where
+        raise RunError(
+            f"{variant}: the network or loss fails on a batch: {first_line(err)}"
+        ) from None
+    if jax.tree.structure(new_state) != jax.tree.structure(state.batch_stats) or any(
+        (a.shape, a.dtype) != (b.shape, b.dtype)
+        for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state.batch_stats), strict=True)
+    ):
+        raise RunError(
+            f"{variant}: the network's apply returns a state of another structure than its init"
+        )
+    want = (n, dataset.num_outputs)
+    user_loss = model_config.loss is not None and is_import_path(model_config.loss)
+    if not user_loss and getattr(outputs, "shape", None) != want:
+        what = f"{dataset.num_classes} classes" if dataset.task == "classification" else "targets"
+        raise RunError(
+            f"{variant}: the network outputs shape {getattr(outputs, 'shape', outputs)} for "
+            f"{n} examples, but the data has {what}: it must output {want}"
+        )
+    per_example = jax.eval_shape(get_loss(loss).per_example, outputs, batch["label"])
+    if per_example.shape != (n,):
+        raise RunError(
+            f"{variant}: the loss {loss!r} gives shape {per_example.shape} for {n} examples; a "
+            "per-example loss returns one value per example, shape (batch,)"
+        )
 
 
 def _probe_row(step: int, etas: jax.Array, result) -> dict:
@@ -322,6 +416,9 @@ def train_variant(
         start, restored = int(checkpointer.latest_step()), True
         state = checkpointer.restore(start, state)
     primary = is_primary()  # only process 0 of a multi-host run writes records
+    if primary and not (variant_dir / NETWORK_FILE).exists():
+        variant_dir.mkdir(parents=True, exist_ok=True)
+        write_network_record(variant_dir, cfg.model_for(trainer.variant), state.params)
     # Rows past the restart point were produced after the newest checkpoint: drop them so the
     # rerun steps are recorded once.
     if primary:
@@ -472,6 +569,15 @@ def run(
     except ValueError as err:
         raise RunError(str(err)) from None
     mesh = make_mesh(device_count)  # built once, shared by every variant
+    # Every variant's network is built and checked against the data and the loss before the
+    # run directory is touched: a factory that fails never leaves a half-made run behind.
+    if config.batch_size > dataset.train_images.shape[0]:
+        raise RunError(
+            f"--batch-size {config.batch_size} is larger than the {dataset.train_images.shape[0]} "
+            "training examples"
+        )
+    for variant in config.variants:
+        check_variant(config, variant, dataset, run_dir if resume else None)
     primary = is_primary()
     progress = progress and primary
     if not probe_enabled and config.probe.enabled and not resume:
@@ -544,6 +650,7 @@ def reprobe(
         ckpt_dir = run_dir / variant / "checkpoints"
         if not ckpt_dir.exists():
             raise RunError(f"variant {variant!r} has no checkpoints in {run_dir}")
+        check_variant(config, variant, dataset, run_dir)
         trainer = Trainer(config, variant, dataset, mesh)
         checkpointer = Checkpointer(ckpt_dir, config.checkpoint)
         chosen = [s for s in checkpointer.steps() if steps is None or s in set(steps)]

@@ -30,12 +30,13 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from landscape.network import Network, check_network
 from landscape.probe import default_strategy
 from landscape.results import RecordWriter
 from landscape.surface_records import (
     open_record,
 )
-from landscape.train import _accuracy, get_loss, make_loss_fn
+from landscape.train import _accuracy, get_loss, make_loss_fn, reduce_loss
 
 IGNORE_CHOICES = ("biases-and-bn", "none")
 MODES = ("train", "eval")
@@ -156,9 +157,13 @@ def gradient_direction(grad: Any, params: Any, *, ignore: str = "biases-and-bn")
 
 
 def make_metric_fn(
-    model: nn.Module, mode: str = "train", *, accuracy: bool = True, loss: str = "cross_entropy"
+    model: Network | nn.Module,
+    mode: str = "train",
+    *,
+    accuracy: bool = True,
+    loss: str = "cross_entropy",
 ) -> Callable:
-    """Returns ``metric_fn(point, batch) -> array [loss(, accuracy)]`` for a Flax model.
+    """Returns ``metric_fn(point, batch) -> array [loss(, accuracy)]`` for a network.
 
     ``point`` is ``{"params", "batch_stats"}``. ``mode="train"`` is exactly the probe's loss
     (``make_loss_fn``: BatchNorm with the batch's statistics; the new statistics are dropped);
@@ -169,20 +174,18 @@ def make_metric_fn(
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose train or eval")
+    network = check_network(model)
     spec = get_loss(loss)
-    loss_fn = make_loss_fn(model, loss)
+    loss_fn = make_loss_fn(network, loss)
 
     def metric_fn(point: dict, batch: dict) -> jax.Array:
         if mode == "train":
             value, (_, logits) = loss_fn(point["params"], point["batch_stats"], batch)
         else:
-            logits = model.apply(
-                {"params": point["params"], "batch_stats": point["batch_stats"]},
-                batch["image"],
-                train=False,
+            logits, _ = network.apply(
+                point["params"], point["batch_stats"], batch["image"], train=False
             )
-            losses = spec.per_example(logits, batch["label"])
-            value = losses.sum() if spec.reduction == "sum" else losses.mean()
+            value = reduce_loss(spec, logits, batch["label"])
         if not accuracy:
             return value[None]
         return jnp.stack([value, _accuracy(spec, logits, batch["label"]).astype(value.dtype)])

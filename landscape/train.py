@@ -21,8 +21,10 @@ from jax.sharding import Mesh
 from landscape.config import ModelConfig, OptimizerConfig
 from landscape.data import batch_indices, normalize
 from landscape.mesh import place, replicated, split_batch
-from landscape.models import create_model, init_variables
+from landscape.models import create_model, loss_for_arch
+from landscape.network import Network, NetworkError, check_network, example_inputs, from_linen
 from landscape.norms import NoiseConfig
+from landscape.plugins import MODEL_GROUP, PluginError, call_factory, is_import_path, load_object
 
 
 class TrainState(struct.PyTreeNode):
@@ -89,11 +91,29 @@ LOSSES: dict[str, Loss] = {
 
 
 def get_loss(name: str) -> Loss:
-    """Returns the loss called ``name`` (cross_entropy, squared_error, sum_squared_error)."""
+    """Returns the loss called ``name``: cross_entropy, squared_error, sum_squared_error, or
+    ``package.module:function``, a user's per-example loss ``(outputs, targets) -> (batch,)``
+    averaged over the batch (no accuracy)."""
+    if is_import_path(name):
+        try:
+            return Loss(load_object(name), None)
+        except PluginError as err:
+            raise ValueError(f"loss {err}") from None
     try:
         return LOSSES[name]
     except KeyError:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}") from None
+
+
+def model_loss(config: ModelConfig, task: str = "classification") -> str:
+    """Returns the name of the loss a model trains with: its configured ``loss``, else the
+    built-in network's own (``models.loss_for_arch``), else cross-entropy for classes and the
+    mean squared error for a regression ``task``."""
+    if config.loss is not None:
+        return config.loss
+    if config.is_builtin:
+        return loss_for_arch(config.arch)
+    return "squared_error" if task == "regression" else "cross_entropy"
 
 
 def _accuracy(loss: Loss, outputs: jax.Array, targets: jax.Array) -> jax.Array:
@@ -136,52 +156,81 @@ def build_model(config: ModelConfig, num_classes: int = 10) -> nn.Module:
     )
 
 
+def build_network(config: ModelConfig, num_outputs: int = 10) -> Network:
+    """Returns the ``Network`` a ``ModelConfig`` describes: a built-in network through the Linen
+    adapter, or the user's factory called with its arguments (and ``num_outputs`` if it takes
+    it). Raises NetworkError (one line) for a factory that does not import or returns neither
+    a Linen module nor a ``Network``."""
+    if config.is_builtin:
+        return from_linen(build_model(config, num_outputs))
+    try:
+        factory = load_object(config.factory, MODEL_GROUP)
+        value = call_factory(
+            factory, config.factory, dict(config.model_args), num_outputs=num_outputs
+        )
+    except PluginError as err:
+        raise NetworkError(f"model {err}") from None
+    if isinstance(value, nn.Module):
+        return from_linen(value)
+    if isinstance(value, Network):
+        return value
+    raise NetworkError(
+        f"model {config.factory!r} returned a {type(value).__name__}; return a flax.linen.Module "
+        "or a landscape.network.Network (landscape.network.from_nnx for an NNX module)"
+    )
+
+
 def create_train_state(
-    model: nn.Module,
+    model: Network | nn.Module,
     optimizer: optax.GradientTransformation,
     seed: int,
     image_shape: tuple[int, ...] = (32, 32, 3),
 ) -> TrainState:
-    """Returns the initial state: Glorot-initialised parameters from ``seed``, step 0."""
+    """Returns the initial state: the network's parameters and state from ``seed``, step 0.
+
+    ``model`` is a ``Network`` (``landscape.network``) or a Flax Linen module; the built-in
+    networks initialise with Glorot, as the paper does.
+    """
+    network = check_network(model)
     root = jax.random.key(seed)
     init_key, noise_key = jax.random.split(root)
-    variables = init_variables(model, init_key, image_shape)
+    params, model_state = network.init(init_key, example_inputs(image_shape))
     return TrainState(
         step=jnp.zeros((), jnp.int32),
-        params=variables["params"],
-        batch_stats=variables["batch_stats"],
-        opt_state=optimizer.init(variables["params"]),
+        params=params,
+        batch_stats=model_state,
+        opt_state=optimizer.init(params),
         rng=jax.random.key_data(noise_key),
     )
 
 
-def make_loss_fn(model: nn.Module, loss: str = "cross_entropy") -> Callable:
-    """Returns the training loss ``loss_fn(params, batch_stats, batch)``.
+def make_loss_fn(model: Network | nn.Module, loss: str = "cross_entropy") -> Callable:
+    """Returns the training loss ``loss_fn(params, model_state, batch)``.
 
     It evaluates the network in training mode (BatchNorm uses the batch's statistics, as the
     optimiser sees the loss) and returns ``(the per-example loss reduced over the batch,
-    (new_batch_stats, logits))``: mean cross-entropy in nats, or the squared error summed over
+    (new_model_state, outputs))``: mean cross-entropy in nats, or the squared error summed over
     outputs, averaged (``"squared_error"``) or summed (``"sum_squared_error"``, the deep linear
     network's) over the batch. The trainer and the probe both use it. ``batch`` is a dict with
     ``image`` (normalised float32 inputs), ``label`` (int32 classes, or float targets) and
-    optionally ``rng`` (key data for noise).
+    optionally ``rng`` (key data for dropout and noise). ``model`` is a ``Network`` or a Linen
+    module.
     """
+    network = check_network(model)
     spec = get_loss(loss)
 
-    def loss_fn(params, batch_stats, batch):
-        rngs = {"noise": jax.random.wrap_key_data(batch["rng"])} if "rng" in batch else None
-        logits, updates = model.apply(
-            {"params": params, "batch_stats": batch_stats},
-            batch["image"],
-            train=True,
-            mutable=["batch_stats"],
-            rngs=rngs,
-        )
-        losses = spec.per_example(logits, batch["label"])
-        value = losses.sum() if spec.reduction == "sum" else losses.mean()
-        return value, (updates.get("batch_stats", {}), logits)
+    def loss_fn(params, model_state, batch):
+        rng = jax.random.wrap_key_data(batch["rng"]) if "rng" in batch else None
+        outputs, new_state = network.apply(params, model_state, batch["image"], train=True, rng=rng)
+        return reduce_loss(spec, outputs, batch["label"]), (new_state, outputs)
 
     return loss_fn
+
+
+def reduce_loss(spec: Loss, outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Returns the per-example loss of ``spec`` reduced over the batch (mean or sum), a scalar."""
+    losses = spec.per_example(outputs, targets)
+    return losses.sum() if spec.reduction == "sum" else losses.mean()
 
 
 def step_batch(state: TrainState, batch: dict) -> dict:
@@ -219,25 +268,24 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(model: nn.Module, loss: str = "cross_entropy") -> Callable:
-    """Returns jitted ``eval_step(params, batch_stats, batch) -> (summed loss, correct count)``.
+def make_eval_step(model: Network | nn.Module, loss: str = "cross_entropy") -> Callable:
+    """Returns jitted ``eval_step(params, model_state, batch) -> (summed loss, correct count)``.
 
     Evaluation of test accuracy uses inference mode (BatchNorm's running averages). The loss is
     the per-example training loss ``loss`` summed over the examples (``evaluate`` divides by
     their number: the test loss is per example whatever the training reduction); the count is
     NaN without an accuracy.
     """
+    network = check_network(model)
     spec = get_loss(loss)
 
     @jax.jit
-    def eval_step(params, batch_stats, batch):
-        logits = model.apply(
-            {"params": params, "batch_stats": batch_stats}, batch["image"], train=False
-        )
-        losses = spec.per_example(logits, batch["label"])
+    def eval_step(params, model_state, batch):
+        outputs, _ = network.apply(params, model_state, batch["image"], train=False)
+        losses = spec.per_example(outputs, batch["label"])
         if spec.correct is None:
             return losses.sum(), jnp.full((), jnp.nan, jnp.float32)
-        return losses.sum(), jnp.sum(spec.correct(logits, batch["label"]))
+        return losses.sum(), jnp.sum(spec.correct(outputs, batch["label"]))
 
     return eval_step
 

@@ -24,7 +24,7 @@ from landscape.checkpoints import Checkpointer
 from landscape.data import load_dataset, normalize
 from landscape.results import ACTIVATIONS_FILE, RecordWriter, read_rows
 from landscape.rundir import RunError, check_same_data, load_config
-from landscape.runs import Trainer
+from landscape.runs import Trainer, check_variant
 from landscape.train import step_batch
 
 
@@ -39,6 +39,7 @@ def record_activations(
     unit: int = 0,
     bn_mode: str = "train",
     consecutive: bool = True,
+    capture: Sequence[str] = (),
     progress: bool = True,
     dataset: Any = None,
 ) -> dict[str, Path]:
@@ -50,6 +51,8 @@ def record_activations(
     layer, ``unit``, ``examples``, ``bn_mode``, and with ``consecutive`` the changes from step t to
     t + 1 of the mean and variance: ``d_mean``, ``d_var``, ``d_unit_mean``, ``d_unit_var``
     (value at t + 1 minus value at t). Steps already recorded for these layers are skipped.
+    ``capture`` (module class names, e.g. ``("BatchNorm",)``) takes the outputs of those layers
+    instead of sown ``preact<n>`` values, for a network that sows none.
     Raises ``RunError`` for a bad run directory, variant, layer numbers or options.
     """
     run_dir = Path(run_dir)
@@ -73,10 +76,27 @@ def record_activations(
     written: dict[str, Path] = {}
     jobs = []
     for variant in names:
+        check_variant(config, variant, dataset, run_dir)  # still the run's network
         trainer = Trainer(config, variant, dataset)
+        trainer.require_linen(
+            "activation statistics need the inputs of the network's nonlinearities"
+        )
         template = trainer.initial_state()
         variables = {"params": template.params, "batch_stats": template.batch_stats}
-        count = count_preactivations(trainer.model, variables, dataset.test_images.shape[1:])
+        count = count_preactivations(
+            trainer.model, variables, dataset.test_images.shape[1:], capture
+        )
+        if count == 0:
+            raise RunError(
+                f"{variant}: "
+                + (
+                    f"no layer of the network is a {' or '.join(capture)}"
+                    if capture
+                    else "the network sows no pre-activations; name the layers whose outputs "
+                    "feed its nonlinearities with --capture (e.g. --capture BatchNorm), or sow "
+                    "them as preact<n> (docs/own-models.md)"
+                )
+            )
         text = layers if layers is None or isinstance(layers, str) else ",".join(map(str, layers))
         try:
             numbers = parse_layers(text, count, "conv layers with a ReLU input")
@@ -91,7 +111,9 @@ def record_activations(
         written[variant] = path
     with variant_bars(progress, [(j[0], len(j[-1])) for j in jobs]) as advance:
         for variant, trainer, template, numbers, checkpointer, todo in jobs:
-            preact_fn = make_preactivation_fn(trainer.model, numbers, train=bn_mode == "train")
+            preact_fn = make_preactivation_fn(
+                trainer.model, numbers, train=bn_mode == "train", capture=capture
+            )
             mode = bn_mode if template.batch_stats else "none"
             with RecordWriter(written[variant]) as writer:
                 for step in todo:

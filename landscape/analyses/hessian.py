@@ -30,7 +30,7 @@ from landscape.data import load_dataset
 from landscape.probe import effective_beta, hessian_vector_product
 from landscape.results import HESSIAN_FILE, RecordWriter, read_rows
 from landscape.rundir import RunError, check_same_data, load_config
-from landscape.runs import Trainer
+from landscape.runs import Trainer, check_variant
 from landscape.train import step_batch
 
 
@@ -150,9 +150,10 @@ def sharpness_over_training(
         written[variant] = path
         if not plans[variant]:
             continue
+        check_variant(config, variant, dataset, run_dir)  # still the run's network
         trainer = Trainer(config, variant, dataset)
         loss_fn = (
-            trainer.loss_fn if mode == "train" else make_eval_loss_fn(trainer.model, trainer.loss)
+            trainer.loss_fn if mode == "train" else make_eval_loss_fn(trainer.network, trainer.loss)
         )
         template = trainer.initial_state()
         for b in block_names:

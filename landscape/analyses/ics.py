@@ -20,7 +20,7 @@ from landscape.ics import ICSResult, Layer, make_ics_step, model_layers
 from landscape.progress import progress_bar
 from landscape.results import ICS_FILE, RecordWriter, read_rows
 from landscape.rundir import RunError, check_same_data, load_config
-from landscape.runs import Trainer
+from landscape.runs import Trainer, check_variant
 
 
 def parse_layers(text: str | None, count: int, what: str = "layers") -> list[int]:
@@ -86,13 +86,18 @@ def record_ics(
     written: dict[str, Path] = {}
     jobs = []
     for variant in names:
+        check_variant(config, variant, dataset, run_dir)  # still the run's network
         trainer = Trainer(config, variant, dataset)
+        trainer.require_linen("internal covariate shift needs the order of the network's layers")
         template = trainer.initial_state()
-        model_layer_list = model_layers(
-            trainer.model,
-            {"params": template.params, "batch_stats": template.batch_stats},
-            jnp.zeros((1, *dataset.train_images.shape[1:]), jnp.float32),
-        )
+        try:
+            model_layer_list = model_layers(
+                trainer.model,
+                {"params": template.params, "batch_stats": template.batch_stats},
+                jnp.zeros((1, *dataset.train_images.shape[1:]), jnp.float32),
+            )
+        except ValueError as err:
+            raise RunError(f"{variant}: {err}") from None
         text = layers if layers is None or isinstance(layers, str) else ",".join(map(str, layers))
         try:
             numbers = parse_layers(text, len(model_layer_list))

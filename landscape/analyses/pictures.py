@@ -22,9 +22,8 @@ import optax
 from landscape.checkpoints import Checkpointer
 from landscape.config import ModelConfig, RunConfig
 from landscape.data import Dataset, load_dataset
-from landscape.models import loss_for_arch
 from landscape.rundir import RunError, check_same_data, load_config
-from landscape.runs import Trainer
+from landscape.runs import Trainer, check_variant
 from landscape.surface_records import SurfaceError, grid_coords, record_path
 from landscape.surfaces import (
     DIRECTIONS,
@@ -46,7 +45,7 @@ from landscape.surfaces import (
     random_direction,
     random_directions,
 )
-from landscape.train import build_model
+from landscape.train import build_network
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +60,8 @@ class GridOptions:
 @functools.lru_cache(maxsize=16)
 def compiled_picture_functions(
     model_config: ModelConfig,
-    num_classes: int,
+    num_outputs: int,
+    loss: str,
     mode: str,
     accuracy: bool,
     strategy: str | None,
@@ -70,10 +70,10 @@ def compiled_picture_functions(
     """Returns ``(grid_fn, gradient_fn)`` for a model, cached: the variants' pictures and a
     surface and an interpolation with the same shapes reuse one compilation in a process."""
     metric_fn = make_metric_fn(
-        build_model(model_config, num_classes),
+        build_network(model_config, num_outputs),
         mode,
         accuracy=accuracy,
-        loss=loss_for_arch(model_config.arch),
+        loss=loss,
     )
     grid_fn = make_grid_fn(
         metric_fn, strategy=strategy, map_batch_size=map_batch_size, mesh=point_mesh()
@@ -217,13 +217,15 @@ def surface(
     chosen = _check_common(mode, batches, variants, config)
     written = {}
     for variant in chosen:
+        check_variant(config, variant, dataset, run_dir)  # still the run's network
         trainer = Trainer(config, variant, dataset)
         with _variant_checkpoints(run_dir, config, variant) as checkpointer:
             at_step, state = _restore(checkpointer, trainer, step, variant)
         origin = _variables(state)
         grid_fn, gradient_fn = compiled_picture_functions(
             config.model_for(variant),
-            dataset.num_classes,
+            dataset.num_outputs,
+            trainer.loss,
             mode,
             accuracy,
             options.strategy,
@@ -315,6 +317,7 @@ def interpolate(
     chosen = _check_common(mode, batches, variants, config)
     written = {}
     for variant in chosen:
+        check_variant(config, variant, dataset, run_dir)  # still the run's network
         trainer = Trainer(config, variant, dataset)
         with _variant_checkpoints(run_dir, config, variant) as checkpointer:
             step_a, state_a = _restore(checkpointer, trainer, start, variant)
@@ -322,7 +325,8 @@ def interpolate(
         x_a, x_b = _variables(state_a), _variables(state_b)
         grid_fn, _ = compiled_picture_functions(
             config.model_for(variant),
-            dataset.num_classes,
+            dataset.num_outputs,
+            trainer.loss,
             mode,
             accuracy,
             options.strategy,
@@ -439,7 +443,7 @@ def time_grid(
     state = trainer.initial_state()
     origin = _variables(state)
     batches, _ = _batches(trainer, state, 0, 1)
-    metric_fn = make_metric_fn(trainer.model, "train", accuracy=True, loss=trainer.loss)
+    metric_fn = make_metric_fn(trainer.network, "train", accuracy=True, loss=trainer.loss)
     directions = tuple(
         {"params": d, "batch_stats": jax.tree.map(jnp.zeros_like, origin["batch_stats"])}
         for d in random_directions(jax.random.key(0), origin["params"], 2)

@@ -14,11 +14,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "landscape"
 CORE = {
     "config", "data", "models", "norms", "bn_math", "probe", "curvature", "ics", "activations",
     "surfaces", "surface_records", "mesh", "train", "sharding", "checkpoints", "results",
-    "summary", "progress",
+    "summary", "progress", "network", "plugins", "user_data",
 }  # fmt: skip
 WORKFLOWS = {
     "rundir", "runs", "analyses", "analyses.hessian", "analyses.ics", "analyses.activations",
-    "analyses.pictures", "sweep", "parallel", "experiments", "plots", "report", "bench",
+    "analyses.pictures", "sweep", "parallel", "experiments", "recorder", "adopt", "plots", "report", "bench",
 } | {f"plots.{p.stem}" for p in (PACKAGE / "plots").glob("*.py") if p.stem != "__init__"}  # fmt: skip
 APP = {"app", "app.runtime", "app.worker", "app.cli"} | {
     f"app.cli.{p.stem}" for p in (PACKAGE / "app" / "cli").glob("*.py") if p.stem != "__init__"

@@ -12,7 +12,17 @@ from landscape.app import runtime
 from landscape.app.cli.common import app
 
 # The modules register their commands with ``app`` when imported; this order is --help's.
-COMMAND_MODULES = ("run", "reports", "bench", "experiment", "pictures", "shift", "hessian", "sweep")
+COMMAND_MODULES = (
+    "run",
+    "adopt",
+    "reports",
+    "bench",
+    "experiment",
+    "pictures",
+    "shift",
+    "hessian",
+    "sweep",
+)
 for _module in COMMAND_MODULES:
     import_module(f"{__name__}.{_module}")
 

@@ -92,7 +92,25 @@ VariantsOpt = Annotated[
     str | None,
     typer.Option(
         "--variants",
-        help="Comma-separated variants trained side by side with the same seed and data order: standard, batchnorm, noisy_batchnorm (BN + Algorithm 1's noise), noisy_none (the noise without BN), l1, l2, linf (l_p normalisation, Sec. 3.3). Default: standard,batchnorm.",
+        help="Comma-separated variants trained side by side with the same seed and data order: standard, batchnorm, noisy_batchnorm (BN + Algorithm 1's noise), noisy_none (the noise without BN), l1, l2, linf (l_p normalisation, Sec. 3.3). Default: standard,batchnorm. With --model: any names, or KEY=V1,V2 to pass each variant's value as the factory's keyword KEY (--variants norm=none,batchnorm).",
+    ),
+]
+ModelOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model",
+        help="Your own network instead of the built-in VGG: package.module:function (a file in the working directory works: mynets:resnet20), or a name a package registered (entry point group landscape.models). It returns a flax.linen.Module or a landscape.network.Network; it gets the --model-arg values, and num_outputs if it takes it. Repeat as NAME=FACTORY for one variant per factory. See docs/own-models.md.",
+    ),
+]
+ModelArgOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model-arg", help="KEY=VALUE argument of the --model factory (repeatable)."),
+]
+LossOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--loss",
+        help="Training loss: cross_entropy, squared_error (mean over examples), sum_squared_error, or package.module:function returning the per-example loss of (outputs, targets). Default: the network's own (cross-entropy; the deep linear network's summed squared error).",
     ),
 ]
 

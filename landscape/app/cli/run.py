@@ -35,7 +35,10 @@ from landscape.app.cli.options import (
     EvalOpt,
     KeepAllOpt,
     KeepOpt,
+    LossOpt,
     LrOpt,
+    ModelArgOpt,
+    ModelOpt,
     NoiseMuOpt,
     NoiseRMuOpt,
     NoiseRSigmaOpt,
@@ -54,23 +57,43 @@ from landscape.app.cli.options import (
     VariantsOpt,
     WidthOpt,
 )
-from landscape.config import PRESETS, ConfigError, RunConfig, override, parse_etas, preset
+from landscape.config import (
+    PRESETS,
+    ConfigError,
+    RunConfig,
+    apply_model_options,
+    override,
+    parse_etas,
+    preset,
+)
 from landscape.config import validate as check_config
 
 
-def build_config(preset_name: str, **options: Any) -> RunConfig:
+def build_config(
+    preset_name: str,
+    *,
+    model: list[str] | None = None,
+    model_arg: list[str] | None = None,
+    **options: Any,
+) -> RunConfig:
     """Returns the preset ``preset_name`` with the command line's options applied and validated.
 
     ``options`` are named after their settings (``landscape.config.SETTINGS``: ``lr``,
     ``width``, ``etas``...); one left at None keeps the preset's value. Text values (``etas``,
-    ``variants``, the ``noise_*`` constants) are parsed by ``config.override``. Raises CliError
-    naming the option, before anything is written.
+    ``variants``, the ``noise_*`` constants) are parsed by ``config.override``. ``model`` and
+    ``model_arg`` name a user's network (``config.apply_model_options``), which also reads
+    ``variants``. Raises CliError naming the option, before anything is written.
     """
     if preset_name not in PRESETS:
         raise CliError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
     changes = {key: value for key, value in options.items() if value is not None}
     try:
-        return validate(override(preset(preset_name), changes))
+        config = preset(preset_name)
+        if model or model_arg:
+            config = apply_model_options(
+                config, model or (), model_arg or (), changes.pop("variants", None)
+            )
+        return validate(override(config, changes))
     except ConfigError as err:
         raise CliError(err.as_option()) from None
 
@@ -169,6 +192,9 @@ def train(
     arch: ArchOpt = None,
     width: WidthOpt = None,
     variants: VariantsOpt = None,
+    model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
+    loss: LossOpt = None,
     placement: PlacementOpt = None,
     conv_impl: ConvOpt = None,
     noise_mu: NoiseMuOpt = None,
@@ -205,6 +231,9 @@ def probe(
     arch: ArchOpt = None,
     width: WidthOpt = None,
     variants: VariantsOpt = None,
+    model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
+    loss: LossOpt = None,
     placement: PlacementOpt = None,
     conv_impl: ConvOpt = None,
     noise_mu: NoiseMuOpt = None,

@@ -154,6 +154,13 @@ def activations_command(
             help="Also record the change of mean and variance from step t to t+1 (the paper's Figure 8), t+1 recomputed by the run's own train step. Default: on.",
         ),
     ] = True,
+    capture: Annotated[
+        str | None,
+        typer.Option(
+            "--capture",
+            help="Comma-separated Flax module class names (e.g. BatchNorm or Dense) whose outputs are the inputs of your network's nonlinearities, numbered in call order; for a network that does not sow preact<n> values (the built-in VGG does).",
+        ),
+    ] = None,
     variants: ShiftVariantsOpt = None,
     data: ShiftDataOpt = None,
     progress: ProgressOpt = True,
@@ -166,6 +173,10 @@ def activations_command(
     if bn_mode not in ("train", "eval"):
         fail(f"--bn-mode must be train or eval, got {bn_mode!r}")
     chosen, names = _shift_options(steps, variants)
+    try:
+        captured = tuple(parse_list(capture, "--capture")) if capture else ()
+    except CliError as err:
+        fail(str(err))
     _shift_command(
         run_dir,
         data,
@@ -179,4 +190,5 @@ def activations_command(
         unit=unit,
         bn_mode=bn_mode,
         consecutive=consecutive,
+        capture=captured,
     )

@@ -1,0 +1,146 @@
+"""A user's own network, data and loss through the pipeline: a Linen network with BatchNorm and
+dropout and an NNX network (tests/own_models.py, reached by import path only): options, adapters,
+and bad input refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from landscape.config import (
+    CheckpointConfig,
+    ConfigError,
+    ModelConfig,
+    ProbeConfig,
+    RunConfig,
+    apply_model_options,
+)
+from landscape.data import DataError, load_dataset
+from landscape.network import NetworkError, from_linen, parameter_shapes
+from landscape.rundir import RunError
+from landscape.runs import run
+from landscape.train import build_network
+
+DATA = "own_models:tiny_images"
+
+
+def user_config(factory: str = "own_models:linen_mlp", **changes) -> RunConfig:
+    base = RunConfig(
+        preset="test",
+        data=DATA,
+        seed=1,
+        steps=5,
+        batch_size=16,
+        eval_every=0,
+        eval_batches=1,
+        log_every=2,
+        checkpoint=CheckpointConfig(every=1, keep_all=True),
+        probe=ProbeConfig(every=1, num_etas=3, strategy="map"),
+    )
+    variants = changes.pop("variants", "norm=none,batchnorm")
+    return apply_model_options(base, [factory], [], variants).replace(**changes)
+
+
+def rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load_dataset(DATA)
+
+
+def test_options_name_the_variants_and_the_factory_keyword():
+    config = user_config()
+    assert config.variants == ("none", "batchnorm")
+    assert config.model_for("batchnorm").model_args == (("norm", "batchnorm"),)
+    assert config.model_for("none").model_args == (("norm", "none"),)  # text stays text
+    named = apply_model_options(RunConfig(), ["a=own_models:linen_mlp", "b=own_models:nnx_net"])
+    assert named.variants == ("a", "b") and named.model_for("b").factory == "own_models:nnx_net"
+    single = apply_model_options(RunConfig(), ["own_models:linen_mlp"], ["hidden=8"])
+    assert single.variants == ("linen_mlp",) and single.model.model_args == (("hidden", 8),)
+    assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ConfigError, match="name each of several models"):
+        apply_model_options(RunConfig(), ["own_models:linen_mlp", "own_models:nnx_net"])
+
+
+def test_linen_adapter_is_the_module_itself(dataset):
+    network = build_network(ModelConfig(factory="own_models:linen_mlp"), 3)
+    params, state = network.init(jax.random.key(0), jnp.zeros((1, 6, 6, 3)))
+    assert state == {} and parameter_shapes(params)["['Dense_0']['kernel']"] == [108, 16]
+    x = jnp.ones((4, 6, 6, 3))
+    out, _ = network.apply(params, state, x, train=False)
+    direct = network.module.apply({"params": params}, x, train=False)
+    np.testing.assert_array_equal(out, direct)
+    # Dropout draws from the step's key: the same key, the same outputs; another, others.
+    a, _ = network.apply(params, state, x, train=True, rng=jax.random.key(1))
+    b, _ = network.apply(params, state, x, train=True, rng=jax.random.key(1))
+    c, _ = network.apply(params, state, x, train=True, rng=jax.random.key(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert from_linen(network.module).kind == "linen"
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"factory": "no_such_module:f"}, RunError, "does not import"),
+        ({"factory": "own_models:missing"}, RunError, "has no 'missing'"),
+        ({"factory": "own_models:not_a_network"}, RunError, "returned a int"),
+        ({"factory": "own_models:wrong_width"}, RunError, "must output \\(2, 3\\)"),
+        ({"loss": "own_models:summed_loss"}, RunError, "one value per example"),
+        ({"loss": "nonsense"}, ConfigError, "unknown loss"),
+        ({"data": "own_models:nothing_here"}, DataError, "has no 'nothing_here'"),
+        (
+            {"factory": "own_models:raises"},
+            RunError,
+            "raised RuntimeError: the user's factory broke",
+        ),
+        ({"batch_size": 500}, RunError, "larger than the 96 training examples"),
+    ],
+)
+def test_bad_input_is_one_line_and_no_run_directory(tmp_path, changes, error, message):
+    config = user_config(variants="plain")
+    model = config.model
+    for key in ("factory", "loss"):
+        if key in changes:
+            model = model.__class__(**{**model.__dict__, key: changes.pop(key)})
+    config = config.replace(model=model, **changes)
+    with pytest.raises(error, match=message) as caught:
+        run(config, tmp_path / "run", progress=False)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_network_errors_are_value_errors():
+    assert issubclass(NetworkError, ValueError)
+
+
+def test_capture_takes_the_outputs_of_named_layers_in_call_order():
+    from landscape.activations import count_preactivations, sown_preactivations
+
+    model_config = ModelConfig(factory="own_models:linen_mlp", model_args=(("norm", "batchnorm"),))
+    module = build_network(model_config, 3).module
+    variables = module.init(jax.random.key(0), jnp.zeros((1, 6, 6, 3)), train=False)
+    x = jnp.ones((4, 6, 6, 3))
+    captured = sown_preactivations(module, variables, x, capture=("Dense", "BatchNorm"))
+    assert [v.shape for v in captured.values()] == [(4, 16), (4, 16), (4, 3)]
+    first = variables["params"]["Dense_0"]
+    np.testing.assert_allclose(
+        captured[1], x.reshape(4, -1) @ first["kernel"] + first["bias"], rtol=1e-5
+    )  # the first Dense layer's output comes first
+    assert count_preactivations(module, variables, (6, 6, 3)) == 0
+    assert count_preactivations(module, variables, (6, 6, 3), ("BatchNorm",)) == 1
+
+
+def test_variants_of_one_factory_must_differ_and_name_folders():
+    from landscape.config import validate
+
+    with pytest.raises(ConfigError, match="one --model trains one network"):
+        validate(user_config(variants="a,b"))
+    with pytest.raises(ConfigError, match="cannot name a folder"):
+        validate(user_config(variants="norm=../x,batchnorm"))
