@@ -8,6 +8,7 @@ Nothing here names a machine's own paths: real data comes from environment varia
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -117,3 +118,54 @@ def make_state(seed: int = 0):
         opt_state=opt.init(params),
         rng=jax.random.key_data(jax.random.key(seed + 1)),
     )
+
+
+def parallel_config():
+    """The parallel sweep tests' base configuration: conftest's tiny VGG-11 (width 1/16, batch
+    16, synthetic data), one variant, 20 steps, every step checkpointed and probed."""
+    from landscape.config import CheckpointConfig, ModelConfig, ProbeConfig, RunConfig
+
+    return RunConfig(
+        preset="test",
+        data="synthetic",
+        seed=3,
+        steps=20,
+        batch_size=16,
+        eval_every=10,
+        eval_batches=1,
+        log_every=2,
+        variants=("standard",),
+        model=ModelConfig(width=0.0625, conv_impl="xla"),
+        checkpoint=CheckpointConfig(every=1, max_to_keep=None, keep_period=None),
+        probe=ProbeConfig(every=1, num_etas=2, strategy="map"),
+    )
+
+
+OWN_DATA = "own_models:tiny_images"  # a user's data factory (tests/own_models.py)
+
+
+def user_config(factory: str = "own_models:linen_mlp", **changes):
+    """A short run of a user's network from tests/own_models.py on its data factory: 5 steps of
+    batch 16, every step checkpointed and probed with 3 step sizes; ``variants`` as the command
+    takes them (default ``norm=none,batchnorm``)."""
+    from landscape.config import CheckpointConfig, ProbeConfig, RunConfig, apply_model_options
+
+    base = RunConfig(
+        preset="test",
+        data=OWN_DATA,
+        seed=1,
+        steps=5,
+        batch_size=16,
+        eval_every=0,
+        eval_batches=1,
+        log_every=2,
+        checkpoint=CheckpointConfig(every=1, keep_all=True),
+        probe=ProbeConfig(every=1, num_etas=3, strategy="map"),
+    )
+    variants = changes.pop("variants", "norm=none,batchnorm")
+    return apply_model_options(base, [factory], [], variants).replace(**changes)
+
+
+def read_jsonl(path):
+    """Returns the rows of a JSON-lines file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]

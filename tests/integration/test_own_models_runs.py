@@ -9,13 +9,10 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import OWN_DATA, read_jsonl, user_config
 
 from landscape.config import (
-    CheckpointConfig,
     ModelConfig,
-    ProbeConfig,
-    RunConfig,
-    apply_model_options,
 )
 from landscape.data import load_dataset
 from landscape.probe import probe
@@ -24,33 +21,10 @@ from landscape.rundir import RunError
 from landscape.runs import Trainer, reprobe, run
 from landscape.train import build_network, make_loss_fn, model_loss, step_batch
 
-DATA = "own_models:tiny_images"
-
-
-def user_config(factory: str = "own_models:linen_mlp", **changes) -> RunConfig:
-    base = RunConfig(
-        preset="test",
-        data=DATA,
-        seed=1,
-        steps=5,
-        batch_size=16,
-        eval_every=0,
-        eval_batches=1,
-        log_every=2,
-        checkpoint=CheckpointConfig(every=1, keep_all=True),
-        probe=ProbeConfig(every=1, num_etas=3, strategy="map"),
-    )
-    variants = changes.pop("variants", "norm=none,batchnorm")
-    return apply_model_options(base, [factory], [], variants).replace(**changes)
-
-
-def rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
 
 @pytest.fixture(scope="module")
 def dataset():
-    return load_dataset(DATA)
+    return load_dataset(OWN_DATA)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +45,7 @@ def test_inline_probe_equals_direct_probe_calls(linen_run, dataset):
         from landscape.checkpoints import Checkpointer
 
         checkpointer = Checkpointer(linen_run / variant / "checkpoints", config.checkpoint)
-        for record in rows(linen_run / variant / "probe.jsonl"):
+        for record in read_jsonl(linen_run / variant / "probe.jsonl"):
             state = checkpointer.restore(record["step"], template)
             batch = step_batch(state, trainer.train_source(record["step"]))
             direct = probe(
@@ -86,8 +60,8 @@ def test_inline_probe_equals_direct_probe_calls(linen_run, dataset):
 def test_offline_reprobe_is_bit_identical_to_inline(linen_run, dataset):
     reprobe(linen_run, progress=False, dataset=dataset)
     for variant in ("none", "batchnorm"):
-        inline = rows(linen_run / variant / "probe.jsonl")
-        again = {r["step"]: r for r in rows(linen_run / variant / "reprobe.jsonl")}
+        inline = read_jsonl(linen_run / variant / "probe.jsonl")
+        again = {r["step"]: r for r in read_jsonl(linen_run / variant / "reprobe.jsonl")}
         assert {r["step"] for r in inline} <= set(again)  # the final checkpoint is re-probed too
         for r in inline:
             assert r["loss"] == again[r["step"]]["loss"]
@@ -115,8 +89,8 @@ def test_nnx_network_trains_probes_and_reprobes_identically(tmp_path, dataset):
     assert config.variants == ("nnx_net",)
     run(config, tmp_path / "run", progress=False, dataset=dataset)
     reprobe(tmp_path / "run", progress=False, dataset=dataset)
-    inline = rows(tmp_path / "run" / "nnx_net" / "probe.jsonl")
-    again = {r["step"]: r for r in rows(tmp_path / "run" / "nnx_net" / "reprobe.jsonl")}
+    inline = read_jsonl(tmp_path / "run" / "nnx_net" / "probe.jsonl")
+    again = {r["step"]: r for r in read_jsonl(tmp_path / "run" / "nnx_net" / "reprobe.jsonl")}
     assert len(inline) == 4 and all(r["loss"] == again[r["step"]]["loss"] for r in inline)
     assert np.all(np.isfinite([r["loss"] for r in inline]))
 
@@ -134,8 +108,8 @@ def test_recorder_in_a_hand_written_loop_matches_landscape_probe(linen_run, data
                 grad=out.grads, loss=out.loss)  # fmt: skip
             rec.log(step, loss=out.loss, accuracy=out.accuracy)
             state = new_state
-    ours = rows(tmp_path / "loop" / "batchnorm" / "probe.jsonl")
-    theirs = rows(linen_run / "batchnorm" / "probe.jsonl")
+    ours = read_jsonl(tmp_path / "loop" / "batchnorm" / "probe.jsonl")
+    theirs = read_jsonl(linen_run / "batchnorm" / "probe.jsonl")
     assert [r["step"] for r in ours] == [r["step"] for r in theirs]
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
@@ -151,18 +125,22 @@ def test_a_custom_per_example_loss_trains(tmp_path, dataset):
     model = ModelConfig(factory="own_models:linen_mlp", loss="own_models:l1_loss")
     config = user_config(variants="plain").replace(model=model, steps=3)
     run(config, tmp_path / "run", progress=False, dataset=dataset)
-    losses = [r["loss"] for r in rows(tmp_path / "run" / "plain" / "metrics.jsonl") if "loss" in r]
+    losses = [
+        r["loss"] for r in read_jsonl(tmp_path / "run" / "plain" / "metrics.jsonl") if "loss" in r
+    ]
     assert len(losses) == 3 and all(np.isfinite(losses))
 
 
 def test_a_module_without_a_train_keyword_and_regression_data(tmp_path):
     config = user_config("own_models:no_train_flag", variants=None, steps=3)
-    run(config, tmp_path / "a", progress=False, dataset=load_dataset(DATA))
+    run(config, tmp_path / "a", progress=False, dataset=load_dataset(OWN_DATA))
     regression = user_config("own_models:no_train_flag", variants=None, steps=3).replace(
         data="own_models:regression_data"
     )
     run(regression, tmp_path / "b", progress=False)  # the mean squared error by default
     losses = [
-        r["loss"] for r in rows(tmp_path / "b" / "no_train_flag" / "metrics.jsonl") if "loss" in r
+        r["loss"]
+        for r in read_jsonl(tmp_path / "b" / "no_train_flag" / "metrics.jsonl")
+        if "loss" in r
     ]
     assert len(losses) == 3 and np.isfinite(losses).all()

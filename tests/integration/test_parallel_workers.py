@@ -13,12 +13,12 @@ import sys
 import time
 
 import pytest
-from helpers import REPO
+from helpers import REPO, parallel_config
 from typer.testing import CliRunner
 
 from landscape.app.cli import app
 from landscape.app.runtime import XLA_OPT_OUT, enable_compilation_cache
-from landscape.config import CheckpointConfig, ModelConfig, ProbeConfig, RunConfig
+from landscape.config import RunConfig
 from landscape.parallel import Backend, detect_backend, log_path, plan_slots, run_parallel
 from landscape.results import read_rows
 from landscape.sweep import configurations, open_sweep, run_status, run_sweep
@@ -30,20 +30,7 @@ GRID = {"seed": [0, 1]}
 def base() -> RunConfig:
     """conftest's tiny VGG-11 (width 1/16, batch 16, synthetic data), one variant, 20 steps, every
     step checkpointed and probed; module-scoped, so one sequential reference serves every test."""
-    return RunConfig(
-        preset="test",
-        data="synthetic",
-        seed=3,
-        steps=20,
-        batch_size=16,
-        eval_every=10,
-        eval_batches=1,
-        log_every=2,
-        variants=("standard",),
-        model=ModelConfig(width=0.0625, conv_impl="xla"),
-        checkpoint=CheckpointConfig(every=1, max_to_keep=None, keep_period=None),
-        probe=ProbeConfig(every=1, num_etas=2, strategy="map"),
-    )
+    return parallel_config()
 
 
 # Runs a sweep one configuration after another in a process pinned to the given cores before JAX

@@ -10,12 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import OWN_DATA, user_config
 
 from landscape.config import (
-    CheckpointConfig,
     ConfigError,
     ModelConfig,
-    ProbeConfig,
     RunConfig,
     apply_model_options,
 )
@@ -25,33 +24,10 @@ from landscape.rundir import RunError
 from landscape.runs import run
 from landscape.train import build_network
 
-DATA = "own_models:tiny_images"
-
-
-def user_config(factory: str = "own_models:linen_mlp", **changes) -> RunConfig:
-    base = RunConfig(
-        preset="test",
-        data=DATA,
-        seed=1,
-        steps=5,
-        batch_size=16,
-        eval_every=0,
-        eval_batches=1,
-        log_every=2,
-        checkpoint=CheckpointConfig(every=1, keep_all=True),
-        probe=ProbeConfig(every=1, num_etas=3, strategy="map"),
-    )
-    variants = changes.pop("variants", "norm=none,batchnorm")
-    return apply_model_options(base, [factory], [], variants).replace(**changes)
-
-
-def rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
 
 @pytest.fixture(scope="module")
 def dataset():
-    return load_dataset(DATA)
+    return load_dataset(OWN_DATA)
 
 
 def test_options_name_the_variants_and_the_factory_keyword():

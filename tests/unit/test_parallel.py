@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import parallel_config
 
-from landscape.config import CheckpointConfig, ModelConfig, ProbeConfig, RunConfig
+from landscape.config import RunConfig
 from landscape.parallel import Backend, plan_slots, run_parallel
 from landscape.sweep import SweepError
 
@@ -19,20 +20,7 @@ def base() -> RunConfig:
     """The base configuration of integration/test_parallel_workers.py: conftest's tiny VGG-11
     (width 1/16, batch 16, synthetic data), one variant, 20 steps, every step checkpointed and
     probed."""
-    return RunConfig(
-        preset="test",
-        data="synthetic",
-        seed=3,
-        steps=20,
-        batch_size=16,
-        eval_every=10,
-        eval_batches=1,
-        log_every=2,
-        variants=("standard",),
-        model=ModelConfig(width=0.0625, conv_impl="xla"),
-        checkpoint=CheckpointConfig(every=1, max_to_keep=None, keep_period=None),
-        probe=ProbeConfig(every=1, num_etas=2, strategy="map"),
-    )
+    return parallel_config()
 
 
 def test_plan_slots_splits_cores_and_devices():
