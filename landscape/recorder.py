@@ -14,7 +14,7 @@ loop trains on (``landscape.train.make_loss_fn`` builds it from a network). A ne
 dropout or noise draws from ``batch["rng"]`` (key data, e.g. ``jax.random.key_data(
 jax.random.fold_in(key, step))``): give the recorder the batch the step trained on, key included. The probe is
 compiled once; given the loop's gradient and loss it does not compute them again. Records are
-written as they are produced; ``landscape plot``, ``report`` and ``summary`` read the directory
+written in batches as the loop goes (every ``flush_every`` steps) and at ``close``; ``landscape plot``, ``report`` and ``summary`` read the directory
 like any run's.
 """
 
@@ -43,7 +43,9 @@ class LoopRecorder:
     learning rate). ``every`` probes every k-th step it is called with. ``variant`` names the
     records' folder. ``config`` is saved as the run's ``config.json``; by default one that says
     the steps came from a user's loop (``preset="loop"``). ``overwrite`` replaces an existing
-    run directory; otherwise an existing one is refused (``rundir.RunError``).
+    run directory; otherwise an existing one is refused (``rundir.RunError``). Rows stay on the
+    device and reach the files every ``flush_every`` calls and at ``flush``/``close``, so the
+    loop never waits for the host on a step.
     """
 
     def __init__(
@@ -57,8 +59,10 @@ class LoopRecorder:
         config: RunConfig | None = None,
         strategy: str = "auto",
         overwrite: bool = False,
+        flush_every: int = 50,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.flush_every = flush_every
         self.etas = jnp.asarray(etas, jnp.float32)
         self.every = every
         self.variant = variant
@@ -92,6 +96,8 @@ class LoopRecorder:
         self._probe = jax.jit(probe_step)
         self._gradient = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
         self._calls = 0
+        self._pending_probes: list[dict] = []
+        self._pending_metrics: list[dict] = []
 
     def __call__(
         self,
@@ -103,8 +109,8 @@ class LoopRecorder:
         grad: Any = None,
         loss: Any = None,
     ):
-        """Probes at ``params`` on ``batch`` (the step's, before its update) and writes one row
-        of ``probe.jsonl``; returns the ``ProbeResult``, or None on a step it skips. ``grad`` and
+        """Probes at ``params`` on ``batch`` (the step's, before its update) for one row of
+        ``probe.jsonl``; returns the ``ProbeResult`` (on the device), or None on a step it skips. ``grad`` and
         ``loss`` are the loop's gradient and loss at ``params`` on ``batch`` (computed here when
         not given)."""
         self._calls += 1
@@ -113,19 +119,35 @@ class LoopRecorder:
         if grad is None or loss is None:
             (loss, _), grad = self._gradient(params, model_state, batch)
         result = self._probe(params, model_state, batch, grad, loss, self.etas)
-        row = {"step": int(step), "etas": self.etas, **result._asdict()}
-        self._probes.write([probe_record(jax.device_get(row))])
+        self._pending_probes.append({"step": int(step), "etas": self.etas, **result._asdict()})
+        if len(self._pending_probes) >= self.flush_every:
+            self.flush()
         return result
 
     def log(self, step: int, **metrics: Any) -> None:
-        """Writes one row of ``metrics.jsonl``: ``loss`` and ``accuracy`` (the training batch's,
+        """Adds one row of ``metrics.jsonl``: ``loss`` and ``accuracy`` (the training batch's,
         before the update), ``test_loss``, ``test_accuracy`` (the names the figures read), or
-        any others."""
-        values = {k: float(np.asarray(jax.device_get(v))) for k, v in metrics.items()}
-        self._metrics.write([{"step": int(step), **values}])
+        any others; values may stay on the device."""
+        self._pending_metrics.append({"step": int(step), **metrics})
+        if len(self._pending_metrics) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes the rows gathered so far, in one transfer from the device."""
+        probes, metrics = jax.device_get((self._pending_probes, self._pending_metrics))
+        self._pending_probes, self._pending_metrics = [], []
+        self._probes.write([probe_record(row) for row in probes])
+        self._metrics.write(
+            [
+                {k: v if k == "step" else float(np.asarray(v)) for k, v in row.items()}
+                for row in metrics
+            ]
+        )
 
     def close(self) -> None:
-        """Closes the record files; the directory is then a run any reading command takes."""
+        """Writes what is left and closes the record files; the directory is then a run any
+        reading command takes."""
+        self.flush()
         self._probes.close()
         self._metrics.close()
 
