@@ -46,19 +46,16 @@ def orbax_steps(source: Path) -> list[int]:
     return steps
 
 
-def _restore(source: Path, step: int, item: str | None) -> Any:
-    with ocp.CheckpointManager(source.resolve()) as manager:
-        try:
-            if item is None:
-                return manager.restore(step)
-            restored = manager.restore(
-                step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore()})
-            )
-            return restored[item]
-        except Exception as err:  # orbax says what it could not read; one line of it
-            raise RunError(
-                f"{source}/{step}: cannot restore ({type(err).__name__}: {err})"
-            ) from None
+def _restore(manager: ocp.CheckpointManager, source: Path, step: int, item: str | None) -> Any:
+    try:
+        if item is None:
+            return manager.restore(step)
+        restored = manager.restore(
+            step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore()})
+        )
+        return restored[item]
+    except Exception as err:  # orbax says what it could not read; one line of it
+        raise RunError(f"{source}/{step}: cannot restore ({type(err).__name__}: {err})") from None
 
 
 def _pick(tree: Any, key: str | None, default: str, source: str) -> Any:
@@ -113,8 +110,10 @@ def adopt_checkpoints(
     template = trainer.initial_state()
     wanted = parameter_shapes(template.params)
 
+    manager = ocp.CheckpointManager(source.resolve())
+
     def state_at(step: int):
-        raw = _restore(source, step, item)
+        raw = _restore(manager, source, step, item)
         where = f"{source}/{step}"
         params = _pick(raw, params_key, "params", where)
         params = raw if params is None else params
@@ -130,13 +129,22 @@ def adopt_checkpoints(
             )
         like = jax.tree.map(lambda t, a: jax.numpy.asarray(a, t.dtype), template.params, params)
         stats_like = template.batch_stats
-        if stats is not None and jax.tree.structure(stats) == jax.tree.structure(stats_like):
+        if jax.tree.leaves(stats_like):  # the network keeps running statistics: they must fit
+            if stats is None or jax.tree.structure(stats) != jax.tree.structure(stats_like):
+                raise RunError(
+                    f"{where} holds no running statistics of the network's shape under "
+                    f"{state_key or 'batch_stats'!r}; set --state-key to where they are"
+                )
             stats_like = jax.tree.map(lambda t, a: jax.numpy.asarray(a, t.dtype), stats_like, stats)
         return template.replace(
             step=jax.numpy.asarray(step, jax.numpy.int32), params=like, batch_stats=stats_like
         )
 
-    first = state_at(steps[0])  # checked before the run directory is touched
+    try:
+        first = state_at(steps[0])  # checked before the run directory is touched
+    except RunError:
+        manager.close()
+        raise
     prepare_run_dir(run_dir, config, resume=False, overwrite=overwrite)
     facts = {
         **provenance(dataset, config),
@@ -146,18 +154,22 @@ def adopt_checkpoints(
     (run_dir / "provenance.json").write_text(json.dumps(facts, indent=2) + "\n")
     folder = run_dir / variant
     checkpointer = Checkpointer(folder / "checkpoints", config.checkpoint)
-    with (
-        RecordWriter(folder / PROBE_FILE) as probes,
-        RecordWriter(folder / METRICS_FILE) as metrics,
-    ):
-        for step in steps:
-            state = first if step == steps[0] else state_at(step)
-            checkpointer.save(step, state)
-            out, result = trainer.probe_at(state, step)
-            probes.write([probe_record(jax.device_get(_probe_row(step, trainer.etas, result)))])
-            loss, accuracy = jax.device_get((out.loss, out.accuracy))
-            metrics.write([{"step": step, "loss": float(loss), "accuracy": float(accuracy)}])
-            if say is not None:
-                say(f"{variant}: step {step} adopted and probed")
-    checkpointer.close()
+    try:
+        with (
+            RecordWriter(folder / PROBE_FILE) as probes,
+            RecordWriter(folder / METRICS_FILE) as metrics,
+        ):
+            for step in steps:
+                state = first if step == steps[0] else state_at(step)
+                checkpointer.save(step, state)
+                out, result = trainer.probe_at(state, step)
+                row = jax.device_get(_probe_row(step, trainer.etas, result))
+                probes.write([probe_record(row)])
+                loss, accuracy = jax.device_get((out.loss, out.accuracy))
+                metrics.write([{"step": step, "loss": float(loss), "accuracy": float(accuracy)}])
+                if say is not None:
+                    say(f"{variant}: step {step} adopted and probed")
+    finally:
+        checkpointer.close()
+        manager.close()
     return steps

@@ -73,3 +73,14 @@ def test_checkpoints_of_another_network_are_refused_before_anything_is_written(
     with pytest.raises(RunError, match="no Orbax checkpoints"):
         (tmp_path / "empty").mkdir()
         adopt_checkpoints(tmp_path / "empty", config(), tmp_path / "run")
+
+
+def test_a_batchnorm_network_needs_the_running_statistics(their_checkpoints, tmp_path):
+    with ocp.CheckpointManager(their_checkpoints) as theirs:
+        params = theirs.restore(0)["params"]
+    with ocp.CheckpointManager(tmp_path / "params_only") as manager:
+        manager.save(0, args=ocp.args.StandardSave({"params": params}))
+        manager.wait_until_finished()
+    with pytest.raises(RunError, match="holds no running statistics"):
+        adopt_checkpoints(tmp_path / "params_only", config(), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
