@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -179,8 +182,7 @@ def resumed_config(run_dir: Path, steps: int | None, data: str | None) -> RunCon
     return config
 
 
-@app.command()
-def train(
+def _shared_run_options(
     preset_name: PresetOpt = "quick",
     data: DataOpt = None,
     out: OutOpt = None,
@@ -214,32 +216,41 @@ def train(
     distributed: DistributedOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
-    """Train the variants (default: standard and BatchNorm VGG) and checkpoint every step, without probing."""
-    _start(locals(), probe_enabled=False)
+    """The options ``train`` and ``probe`` share, declared once (``with_run_options``)."""
+
+
+def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Returns ``command`` taking the options of ``_shared_run_options`` as well: Typer sees one
+    signature, the shared options then the command's own, and the command gets them all as
+    keywords."""
+    parameters = [
+        *inspect.signature(_shared_run_options, eval_str=True).parameters.values(),
+        *(
+            p
+            for p in inspect.signature(command, eval_str=True).parameters.values()
+            if p.kind is not p.VAR_KEYWORD
+        ),
+    ]
+
+    @functools.wraps(command)
+    def with_options(**options: Any) -> None:
+        command(**options)
+
+    with_options.__signature__ = inspect.Signature(parameters)
+    with_options.__annotations__ = {p.name: p.annotation for p in parameters}
+    return with_options
 
 
 @app.command()
+@with_run_options
+def train(**options: Any) -> None:
+    """Train the variants (default: standard and BatchNorm VGG) and checkpoint every step, without probing."""
+    _start(options, probe_enabled=False)
+
+
+@app.command()
+@with_run_options
 def probe(
-    preset_name: PresetOpt = "quick",
-    data: DataOpt = None,
-    out: OutOpt = None,
-    steps: StepsOpt = None,
-    batch_size: BatchOpt = None,
-    lr: LrOpt = None,
-    optimizer: OptimOpt = None,
-    seed: SeedOpt = None,
-    arch: ArchOpt = None,
-    width: WidthOpt = None,
-    variants: VariantsOpt = None,
-    model: ModelOpt = None,
-    model_arg: ModelArgOpt = None,
-    loss: LossOpt = None,
-    placement: PlacementOpt = None,
-    conv_impl: ConvOpt = None,
-    noise_mu: NoiseMuOpt = None,
-    noise_sigma: NoiseSigmaOpt = None,
-    noise_r_mu: NoiseRMuOpt = None,
-    noise_r_sigma: NoiseRSigmaOpt = None,
     etas: Annotated[
         str | None,
         typer.Option(
@@ -258,7 +269,7 @@ def probe(
         str | None,
         typer.Option(
             "--probe-strategy",
-            help="How the step sizes are evaluated: auto (default: the fastest for the backend, map on CPU and vmap elsewhere; docs/performance.md), unroll, vmap or map.",
+            help="How the step sizes are evaluated: auto (default: the fastest for the backend: on a CPU map for the built-in networks and unroll for yours, vmap elsewhere; docs/performance.md), unroll, vmap or map.",
         ),
     ] = None,
     fuse: Annotated[
@@ -268,15 +279,6 @@ def probe(
             help="Compile the training step and the probe of probed steps as one program (the gradient stays on the device, no dispatch between them). On the CPU it gains next to nothing: what it saved was the second program's page faults, which the command's malloc settings already avoid (docs/performance.md). It costs the compilation of a second program (cached). The same training; a recorded loss can differ in its last digit (XLA sums it differently in the larger program). Default: off.",
         ),
     ] = None,
-    checkpoint_every: CkptOpt = None,
-    max_to_keep: KeepOpt = None,
-    keep_period: PeriodOpt = None,
-    keep_all: KeepAllOpt = False,
-    checkpoint_format: CkptFormatOpt = None,
-    eval_every: EvalOpt = None,
-    resume: ResumeOpt = None,
-    overwrite: OverwriteOpt = False,
-    reuse: ReuseOpt = None,
     from_run: Annotated[
         Path | None,
         typer.Option(
@@ -290,12 +292,14 @@ def probe(
             "--figures/--no-figures", help="Draw the figures and the HTML report at the end."
         ),
     ] = True,
-    devices: DevicesOpt = "all",
-    distributed: DistributedOpt = False,
-    progress: ProgressOpt = True,
+    **options: Any,
 ) -> None:
     """Train standard and BatchNorm VGG side by side and probe the loss landscape at every checkpoint (the paper's Figure 4)."""
-    _start(locals(), probe_enabled=True)
+    own = {"etas": etas, "probe_every": probe_every, "probe_strategy": probe_strategy}
+    _start(
+        {**options, **own, "fuse": fuse, "from_run": from_run, "figures": figures},
+        probe_enabled=True,
+    )
 
 
 def _start(options: dict, *, probe_enabled: bool) -> None:
