@@ -9,12 +9,15 @@ of the paper's figures, with ``{placeholders}`` filled from the chosen preset::
     [[steps]]
     name = "train"
     run = ["probe", "--preset", "{preset}", "--data", "{data}", "--out", "{out}/vgg"]
-    done = "{out}/vgg/report.html"
 
 ``run_experiment`` runs each step as its own ``python -m landscape ...`` process (exactly what a
-user would type), skips the steps whose ``done`` file exists, so an interrupted experiment is
-continued by running it again, and records each finished step in ``OUT/experiment.jsonl``.
-``write_combined_report`` then gathers every run directory below ``OUT`` into one HTML page.
+user would type) and records in ``OUT/experiment.jsonl`` when each step started and how it
+ended. A step is done only when that log says its command exited 0: an output file that exists
+proves nothing, since most are written from a step's first moment. Running an interrupted
+experiment again skips the finished steps and continues the interrupted one: a training run
+with ``--resume``, every other command by running it again (they skip their own finished
+work, or rewrite their output whole). ``write_combined_report`` then gathers every run
+directory below ``OUT`` into one HTML page.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import base64
 import html
 import json
 import os
+import shutil
 import string
 import subprocess
 import sys
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from landscape import report as run_report
+from landscape.results import read_rows
 
 PLAN_FILE = "experiment.json"
 LOG_FILE = "experiment.jsonl"
@@ -45,13 +50,17 @@ class ExperimentError(Exception):
     """A problem with an experiment file or its variables (the CLI prints one line, exits 2)."""
 
 
+STEP_KEYS = ("name", "run", "description")
+# Commands that train into ``--out DIR`` and continue an interrupted run with ``--resume DIR``.
+RESUMABLE = ("train", "probe")
+
+
 @dataclass(frozen=True)
 class Step:
-    """One command of an experiment: ``landscape <run...>``; done when ``done`` exists."""
+    """One command of an experiment: ``landscape <run...>``."""
 
     name: str
     run: tuple[str, ...]
-    done: str | None = None
     description: str = ""
 
 
@@ -82,14 +91,26 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         raise ExperimentError(f"{path} is not valid TOML: {err}") from None
     steps = []
     for i, step in enumerate(raw.get("steps", [])):
+        if not isinstance(step, dict):
+            raise ExperimentError(f"{path}: each [[steps]] entry must be a table")
         run = step.get("run")
         if not run or not isinstance(run, list) or not all(isinstance(a, str) for a in run):
             raise ExperimentError(f'{path}: step {i + 1} needs run = ["command", "args", ...]')
+        unknown = sorted(set(step) - set(STEP_KEYS))
+        if "done" in unknown:
+            raise ExperimentError(
+                f"{path}: step {i + 1} has done = ...; remove it: a step is done when its "
+                "command finished, which the experiment records itself"
+            )
+        if unknown:
+            raise ExperimentError(
+                f"{path}: step {i + 1} has an unknown key {unknown[0]!r}; a step has "
+                f"{', '.join(STEP_KEYS)}"
+            )
         steps.append(
             Step(
                 name=str(step.get("name", f"step{i + 1}")),
                 run=tuple(run),
-                done=step.get("done"),
                 description=str(step.get("description", "")),
             )
         )
@@ -133,6 +154,12 @@ def variables_for(
         raise ExperimentError(
             f"--set {fixed_by_runner[0]}=...: the output folder is chosen with --out"
         )
+    unused = sorted(set(overrides or {}) - placeholders(experiment))
+    if unused:
+        raise ExperimentError(
+            f"--set {unused[0]}=...: {experiment.path.name} has no placeholder {{{unused[0]}}}; "
+            f"it has {', '.join(sorted(placeholders(experiment) - {'out', 'root'}))}"
+        )
     values = {"preset": preset, "data": "cifar10", **experiment.variables}
     values.update(experiment.presets.get(preset, {}))
     values.update(overrides or {})
@@ -148,8 +175,27 @@ def variables_for(
     return values
 
 
+def _names(text: str) -> list[str]:
+    """Returns the ``{placeholder}`` names in ``text``; raises ExperimentError on bad braces."""
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(text) if name]
+    except ValueError as err:
+        raise ExperimentError(f"{text!r}: {err} (write a literal brace as {{{{ or }}}})") from None
+
+
+def placeholders(experiment: Experiment) -> set[str]:
+    """Returns every name ``--set`` may give: those the steps and variables use, the file's
+    variables, and the four always defined."""
+    texts = [arg for step in experiment.steps for arg in step.run]
+    texts += list(experiment.variables.values())
+    texts += [v for preset in experiment.presets.values() for v in preset.values()]
+    used = {name for text in texts for name in _names(text)}
+    defined = set(experiment.variables) | {k for p in experiment.presets.values() for k in p}
+    return used | defined | {"preset", "data", "out", "root"}
+
+
 def _fill(text: str, values: dict[str, str], where: str) -> str:
-    names = [name for _, name, _, _ in string.Formatter().parse(text) if name]
+    names = _names(text)
     missing = sorted(set(names) - set(values))
     if missing:
         raise ExperimentError(
@@ -168,7 +214,6 @@ def resolve(experiment: Experiment, values: dict[str, str]) -> list[Step]:
             Step(
                 name=step.name,
                 run=tuple(_fill(arg, values, where) for arg in step.run),
-                done=_fill(step.done, values, where) if step.done else None,
                 description=step.description,
             )
         )
@@ -180,6 +225,56 @@ def _run_cli(args: Sequence[str]) -> int:
     return subprocess.run([sys.executable, "-m", "landscape", *args], check=False).returncode
 
 
+def finished_steps(out: str | os.PathLike) -> set[tuple[str, tuple[str, ...]]]:
+    """Returns the (name, command) of every step that ``OUT/experiment.jsonl`` says exited 0."""
+    rows = read_rows(Path(out) / LOG_FILE)
+    return {(r["name"], tuple(r["run"])) for r in rows if r.get("status") == "ok" and "run" in r}
+
+
+def _started_steps(out: Path) -> set[tuple[str, tuple[str, ...]]]:
+    return {(r["name"], tuple(r["run"])) for r in read_rows(out / LOG_FILE) if "run" in r}
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    """Returns the value of ``--name VALUE`` or ``--name=VALUE`` in ``args`` (the last one)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def continue_command(args: Sequence[str]) -> list[str]:
+    """Returns the command that continues an interrupted step ``args``.
+
+    A training run (``train``/``probe`` into ``--out DIR``) whose directory holds a run goes on
+    with ``--resume DIR``; a directory the interrupted step created but never wrote into is
+    removed so the step starts again. Every other command runs again as it is: the analyses
+    skip their finished steps, and re-probes, figures and reports are rewritten whole.
+    """
+    args = list(args)
+    if not args or args[0] not in RESUMABLE or _option(args, "--from") or "--resume" in args:
+        return args
+    out = _option(args, "--out")
+    if out is None:
+        return args
+    run_dir = Path(out)
+    if (run_dir / "config.json").exists():
+        return [*args, "--resume", out]
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        shutil.rmtree(run_dir)
+    return args
+
+
+def _log(out: Path, row: dict[str, Any]) -> None:
+    with open(out / LOG_FILE, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def run_experiment(
     experiment: Experiment,
     values: dict[str, str],
@@ -189,9 +284,10 @@ def run_experiment(
 ) -> list[dict[str, Any]]:
     """Runs the experiment's steps in order into ``values['out']``; returns one row per step.
 
-    A step whose ``done`` file exists is skipped, so running an interrupted experiment again
-    continues it. Each finished step is appended to ``OUT/experiment.jsonl`` (name, command, exit
-    code, seconds). The first failing step stops the experiment: ExperimentError names it.
+    Each step is logged in ``OUT/experiment.jsonl`` when it starts and when it ends (name,
+    command, exit code, seconds). A step whose command exited 0 before is skipped; one that was
+    started but never finished is continued (``continue_command``). The first failing step stops
+    the experiment: ExperimentError names it.
     """
     out = Path(values["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -200,29 +296,34 @@ def run_experiment(
         "experiment": str(experiment.path),
         "title": experiment.title,
         "values": values,
-        "steps": [{"name": s.name, "run": list(s.run), "done": s.done} for s in steps],
+        "steps": [{"name": s.name, "run": list(s.run)} for s in steps],
     }
     (out / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n")
+    finished, started = finished_steps(out), _started_steps(out)
     rows = []
     for number, step in enumerate(steps, 1):
-        command = "landscape " + " ".join(step.run)
-        if step.done and Path(step.done).exists():
-            say(f"[{number}/{len(steps)}] {step.name}: done already ({step.done})")
+        key = (step.name, step.run)
+        if key in finished:
+            say(f"[{number}/{len(steps)}] {step.name}: done already")
             rows.append({"name": step.name, "status": "skipped"})
             continue
-        say(f"[{number}/{len(steps)}] {step.name}: {command}")
+        args = continue_command(step.run) if key in started else list(step.run)
+        command = "landscape " + " ".join(args)
+        again = " (continuing)" if key in started else ""
+        say(f"[{number}/{len(steps)}] {step.name}{again}: {command}")
+        _log(out, {"name": step.name, "run": list(step.run), "status": "started"})
         start = time.perf_counter()
-        code = runner(list(step.run))
+        code = runner(args)
         row = {
             "name": step.name,
             "run": list(step.run),
+            "ran": args,
             "exit_code": code,
             "seconds": round(time.perf_counter() - start, 1),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "status": "ok" if code == 0 else "failed",
         }
-        with open(out / LOG_FILE, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        _log(out, row)
         rows.append(row)
         if code != 0:
             raise ExperimentError(

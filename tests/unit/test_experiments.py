@@ -7,6 +7,7 @@ from helpers import REPO
 
 from landscape.experiments import (
     ExperimentError,
+    continue_command,
     load_experiment,
     resolve,
     run_experiment,
@@ -25,7 +26,6 @@ steps = "1500"
 [[steps]]
 name = "train"
 run = ["probe", "--preset", "{preset}", "--steps", "{steps}", "--variants", "{variants}", "--out", "{out}/vgg"]
-done = "{out}/vgg/done"
 [[steps]]
 name = "summary"
 run = ["summary", "{out}/vgg"]
@@ -47,7 +47,6 @@ def test_placeholders_follow_defaults_then_preset_then_overrides(experiment_file
         "probe", "--preset", "smoke", "--steps", "6", "--variants", "batchnorm",
         "--out", f"{tmp_path}/o/vgg",
     )  # fmt: skip
-    assert steps[0].done == f"{tmp_path}/o/vgg/done"
     assert variables_for(exp, "quick", "o", "cifar.tgz")["steps"] == "1500"
     assert variables_for(exp, "quick", "o", "cifar.tgz")["data"] == "cifar.tgz"
     with pytest.raises(ExperimentError, match="no preset 'paper'"):
@@ -78,16 +77,15 @@ def test_steps_run_in_order_skip_when_done_and_stop_on_failure(experiment_file, 
 
     def fake(args):
         calls.append(args[0])
-        if args[0] == "probe":
-            (out / "vgg").mkdir(parents=True, exist_ok=True)
-            (out / "vgg" / "done").write_text("")
         return 3 if args[0] == "summary" else 0
 
     with pytest.raises(ExperimentError, match="step 'summary' failed \\(exit code 3\\)"):
         run_experiment(exp, values, runner=fake, say=lambda m: None)
     assert calls == ["probe", "summary"]
     rows = [json.loads(line) for line in (out / "experiment.jsonl").read_text().splitlines()]
-    assert [(r["name"], r["status"]) for r in rows] == [("train", "ok"), ("summary", "failed")]
+    assert [(r["name"], r["status"]) for r in rows] == [
+        ("train", "started"), ("train", "ok"), ("summary", "started"), ("summary", "failed"),
+    ]  # fmt: skip
     # Run again: the finished step is skipped, the failed one is retried.
     calls.clear()
     with pytest.raises(ExperimentError):
@@ -95,6 +93,65 @@ def test_steps_run_in_order_skip_when_done_and_stop_on_failure(experiment_file, 
     assert calls == ["summary"]
     plan = json.loads((out / "experiment.json").read_text())
     assert plan["values"]["steps"] == "6" and len(plan["steps"]) == 2
+
+
+def test_an_output_file_does_not_make_a_step_done(experiment_file, tmp_path):
+    """Killed while training, a step has written its records and figures already: the rerun
+    must not take them for a finished step, and continues the run with --resume."""
+    exp = load_experiment(experiment_file)
+    out = tmp_path / "o"
+    values = variables_for(exp, "smoke", out, None)
+    calls = []
+
+    def killed(args):
+        (out / "vgg").mkdir(parents=True)
+        (out / "vgg" / "config.json").write_text("{}")
+        (out / "vgg" / "report.html").write_text("partial")
+        raise KeyboardInterrupt  # the experiment process dies with its step
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(exp, values, runner=killed, say=lambda m: None)
+    run_experiment(exp, values, runner=lambda a: calls.append(a) or 0, say=lambda m: None)
+    assert calls[0][-2:] == ["--resume", f"{out}/vgg"] and calls[0][0] == "probe"
+    assert calls[1] == ["summary", f"{out}/vgg"]
+    calls.clear()
+    run_experiment(exp, values, runner=lambda a: calls.append(a) or 0, say=lambda m: None)
+    assert calls == []  # both finished: nothing runs again
+
+
+def test_continue_command_resumes_training_and_reruns_the_rest(tmp_path):
+    run_dir = tmp_path / "run"
+    train = ["probe", "--preset", "smoke", "--out", str(run_dir)]
+    assert continue_command(train) == train  # nothing there yet: start it again
+    run_dir.mkdir()
+    assert continue_command(train) == train and not run_dir.exists()  # created, never written
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    assert continue_command(train) == [*train, "--resume", str(run_dir)]
+    assert continue_command([f"--out={run_dir}", "x"]) == [f"--out={run_dir}", "x"]
+    for other in (["ics", str(run_dir)], ["probe", "--from", str(run_dir)], ["report", "x"]):
+        assert continue_command(other) == other
+
+
+def test_a_set_name_the_file_does_not_use_is_refused(experiment_file):
+    exp = load_experiment(experiment_file)
+    assert variables_for(exp, "smoke", "o", None, {"steps": "3"})["steps"] == "3"
+    with pytest.raises(
+        ExperimentError, match=r"no placeholder \{lr\}; it has data, preset, steps, variants"
+    ):
+        variables_for(exp, "smoke", "o", None, {"lr": "0.5"})
+
+
+def test_a_done_key_is_refused_with_the_reason(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text('[[steps]]\nname = "a"\nrun = ["summary", "x"]\ndone = "x/report.html"\n')
+    with pytest.raises(
+        ExperimentError, match="remove it: a step is done when its command finished"
+    ):
+        load_experiment(path)
+    path.write_text('[[steps]]\nname = "a"\nrun = ["summary", "x"]\nrn = 1\n')
+    with pytest.raises(ExperimentError, match="unknown key 'rn'"):
+        load_experiment(path)
 
 
 def test_shipped_experiment_files_resolve(tmp_path):
