@@ -5,7 +5,10 @@ The default format (``npz``) writes each checkpoint as one uncompressed ``state.
 from a background thread: ``save`` only hands the (immutable) device arrays to the writer and
 returns, the copy to host and the write overlap the next training steps. Each checkpoint is
 written into a temporary directory and renamed into place only when complete, so a run killed
-mid-write never leaves a half-written checkpoint that is read as good.
+mid-write never leaves a half-written checkpoint that is read as good. A checkpoint damaged
+afterwards (a truncated file, flipped bits) is caught on load: ``state.npz`` is a zip archive
+whose members each carry a CRC-32 that reading checks, and ``restore`` raises
+``DamagedCheckpointError`` for it, so callers can fall back to an intact one (docs/layout.md).
 
 Orbax's ``CheckpointManager`` (``format="orbax"``) is kept for interoperability; its per-save
 bookkeeping runs on the training thread, so it slows every step, where the npz writer does all
@@ -22,6 +25,8 @@ import queue
 import re
 import shutil
 import threading
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,15 @@ logging.getLogger("absl").setLevel(logging.WARNING)
 FORMATS = ("npz", "orbax")
 STATE_FILE = "state.npz"
 _TMP_PREFIX = ".tmp-"
+
+
+class DamagedCheckpointError(Exception):
+    """A checkpoint that exists but cannot be read back intact (truncated, corrupted)."""
+
+
+class DamagedCheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped: resume fell back to an older one, or an analysis left
+    that step out."""
 
 
 def _leaf_name(path: tuple) -> str:
@@ -190,8 +204,9 @@ class Checkpointer:
     def restore(self, step: int | None, target: Any) -> Any:
         """Returns checkpoint ``step`` (newest if None) with the structure of ``target``.
 
-        Raises FileNotFoundError when there is no such checkpoint and ValueError when its arrays
-        do not match ``target`` (another model or configuration).
+        Raises FileNotFoundError when there is no such checkpoint, DamagedCheckpointError when
+        it cannot be read back intact, and ValueError when its arrays do not match ``target``
+        (another model or configuration).
         """
         self.wait()
         if step is None:
@@ -211,23 +226,56 @@ class Checkpointer:
 
     def _restore_npz(self, path: Path, target: Any) -> Any:
         leaves, treedef = jax.tree_util.tree_flatten_with_path(target)
-        with np.load(path / STATE_FILE, allow_pickle=False) as saved:
-            names = [_leaf_name(p) for p, _ in leaves]
-            if set(names) != set(saved.files):
+        try:
+            # Reading each member to its end makes zipfile check its CRC-32.
+            with np.load(path / STATE_FILE, allow_pickle=False) as saved:
+                arrays = {name: saved[name] for name in saved.files}
+        except (zipfile.BadZipFile, EOFError, ValueError, OSError) as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise DamagedCheckpointError(
+                f"checkpoint {path / STATE_FILE} is damaged ({type(err).__name__}: {err})"
+            ) from None
+        names = [_leaf_name(p) for p, _ in leaves]
+        if set(names) != set(arrays):
+            raise ValueError(
+                f"checkpoint {path} holds another structure than expected "
+                f"({len(arrays)} arrays, expected {len(names)})"
+            )
+        restored = []
+        for name, (_, leaf) in zip(names, leaves, strict=True):
+            array = arrays[name]
+            if array.shape != np.shape(leaf) or array.dtype != np.asarray(leaf).dtype:
                 raise ValueError(
-                    f"checkpoint {path} holds another structure than expected "
-                    f"({len(saved.files)} arrays, expected {len(names)})"
+                    f"checkpoint {path}: {name} is {array.dtype}{list(array.shape)}, "
+                    f"expected {np.asarray(leaf).dtype}{list(np.shape(leaf))}"
                 )
-            restored = []
-            for name, (_, leaf) in zip(names, leaves, strict=True):
-                array = saved[name]
-                if array.shape != np.shape(leaf) or array.dtype != np.asarray(leaf).dtype:
-                    raise ValueError(
-                        f"checkpoint {path}: {name} is {array.dtype}{list(array.shape)}, "
-                        f"expected {np.asarray(leaf).dtype}{list(np.shape(leaf))}"
-                    )
-                restored.append(_place_like(array, leaf))
+            restored.append(_place_like(array, leaf))
         return jax.tree_util.tree_unflatten(treedef, restored)
+
+    def restore_or_skip(self, step: int, target: Any) -> Any | None:
+        """Returns checkpoint ``step`` like ``restore``, or None when it is damaged, with a
+        DamagedCheckpointWarning saying the step is left out (for the analyses over steps)."""
+        try:
+            return self.restore(step, target)
+        except DamagedCheckpointError as err:
+            warnings.warn(f"{err}; step {step} left out", DamagedCheckpointWarning, stacklevel=2)
+            return None
+
+    def restore_newest_intact(self, target: Any) -> tuple[int, Any] | None:
+        """Returns ``(step, state)`` of the newest checkpoint that reads back intact, or None
+        when there is none; each damaged newer one is skipped with a DamagedCheckpointWarning.
+        """
+        for step in reversed(self.steps()):
+            try:
+                return step, self.restore(step, target)
+            except DamagedCheckpointError as err:
+                warnings.warn(
+                    f"{err}; continuing from the previous checkpoint",
+                    DamagedCheckpointWarning,
+                    stacklevel=2,
+                )
+        return None
 
     def steps(self) -> list[int]:
         """Returns the steps of all complete checkpoints (either format), ascending."""

@@ -412,9 +412,12 @@ def train_variant(
     state = trainer.initial_state()
     start, restored = 0, False
     checkpointer = Checkpointer(variant_dir / "checkpoints", ckpt_cfg) if ckpt_every else None
-    if resume and checkpointer is not None and checkpointer.latest_step() is not None:
-        start, restored = int(checkpointer.latest_step()), True
-        state = checkpointer.restore(start, state)
+    if resume and checkpointer is not None:
+        # A damaged newest checkpoint costs the steps since the previous one, not the run: the
+        # rerun steps rewrite it, bit-identical to an uninterrupted run.
+        newest = checkpointer.restore_newest_intact(state)
+        if newest is not None:
+            (start, state), restored = newest, True
     primary = is_primary()  # only process 0 of a multi-host run writes records
     if primary and not (variant_dir / NETWORK_FILE).exists():
         variant_dir.mkdir(parents=True, exist_ok=True)
@@ -659,7 +662,9 @@ def reprobe(
         template = trainer.initial_state()
         with RecordWriter(path) as writer:
             for step in chosen:
-                state = checkpointer.restore(step, template)
+                state = checkpointer.restore_or_skip(step, template)
+                if state is None:
+                    continue
                 _, result = trainer.probe_at(state, step)
                 writer.write([probe_record(jax.device_get(_probe_row(step, trainer.etas, result)))])
         checkpointer.close()

@@ -117,7 +117,10 @@ def record_activations(
             mode = bn_mode if template.batch_stats else "none"
             with RecordWriter(written[variant]) as writer:
                 for step in todo:
-                    state = checkpointer.restore(step, template)
+                    state = checkpointer.restore_or_skip(step, template)
+                    if state is None:
+                        advance(variant)
+                        continue
                     # The step's own noise key, so a noisy layer draws what training drew.
                     rng = step_batch(state, {})["rng"]
                     arrays = preact_fn(state.params, state.batch_stats, images, rng)

@@ -182,7 +182,9 @@ def sharpness_over_training(
             RecordWriter(path) as writer,
         ):
             for step in plans[variant]:
-                state = checkpointer.restore(step, template)
+                state = checkpointer.restore_or_skip(step, template)
+                if state is None:
+                    continue
                 batches = [
                     step_batch(state, trainer.train_source(step + i)) for i in range(num_batches)
                 ]

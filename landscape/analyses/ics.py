@@ -116,7 +116,10 @@ def record_ics(
             bn_mode = "train" if template.batch_stats else "none"
             with RecordWriter(run_dir / variant / ICS_FILE) as writer:
                 for step in todo:
-                    state = checkpointer.restore(step, template)
+                    state = checkpointer.restore_or_skip(step, template)
+                    if state is None:
+                        advance(variant)
+                        continue
                     result = jax.device_get(ics_step(state, trainer.train_source(step), select))
                     writer.write([ics_record(step, result, layer_list, bn_mode)])
                     advance(variant)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from landscape.checkpoints import Checkpointer
+from landscape.checkpoints import Checkpointer, DamagedCheckpointError
 from landscape.config import ModelConfig, RunConfig
 from landscape.data import Dataset, load_dataset
 from landscape.rundir import RunError, check_same_data, load_config
@@ -111,7 +111,10 @@ def _restore(checkpointer: Checkpointer, trainer: Any, step: int | str, variant:
         raise SurfaceError(
             f"no checkpoint at step {step} for {variant}; available: {shown}{more}, init, final"
         )
-    return int(step), checkpointer.restore(int(step), template)
+    try:
+        return int(step), checkpointer.restore(int(step), template)
+    except DamagedCheckpointError as err:
+        raise SurfaceError(f"{err}; choose another step") from None
 
 
 def _batches(trainer: Any, state: Any, first_step: int, count: int) -> tuple[Any, list[int]]:

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from helpers import make_state
 
-from landscape.checkpoints import STATE_FILE, Checkpointer, kept_steps
+from landscape.checkpoints import (
+    STATE_FILE,
+    Checkpointer,
+    DamagedCheckpointError,
+    DamagedCheckpointWarning,
+    kept_steps,
+)
 from landscape.config import CheckpointConfig
 
 
@@ -101,3 +107,30 @@ def test_a_failed_write_is_reported_not_swallowed(tmp_path):
     with pytest.raises(RuntimeError, match="writing a checkpoint"):
         ckpt.wait()
     ckpt.close()
+
+
+def _damage(path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # one flipped bit inside an array's bytes: the member's CRC-32 no longer matches
+        data[len(data) // 3] ^= 0x10
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped"])
+def test_a_damaged_checkpoint_is_caught_and_the_previous_one_used(tmp_path, how):
+    with Checkpointer(tmp_path / "c") as ckpt:
+        for step in range(3):
+            ckpt.save(step, make_state(step))
+    _damage(tmp_path / "c" / "2" / STATE_FILE, how)
+    with Checkpointer(tmp_path / "c") as ckpt:
+        with pytest.raises(DamagedCheckpointError, match=r"checkpoint .*2/state.npz is damaged"):
+            ckpt.restore(2, make_state(9))
+        with pytest.warns(DamagedCheckpointWarning, match="continuing from the previous"):
+            step, state = ckpt.restore_newest_intact(make_state(9))
+        assert step == 1
+        assert_trees_equal(state, make_state(1))
+        with pytest.warns(DamagedCheckpointWarning, match="step 2 left out"):
+            assert ckpt.restore_or_skip(2, make_state(9)) is None
+        assert_trees_equal(ckpt.restore_or_skip(0, make_state(9)), make_state(0))

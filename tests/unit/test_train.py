@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from helpers import assert_trees_equal, params_of, with_
 
-from landscape.checkpoints import Checkpointer
+from landscape.checkpoints import Checkpointer, DamagedCheckpointWarning
 from landscape.config import CheckpointConfig
 from landscape.results import load, load_metrics, read_rows
 from landscape.rundir import RunError
-from landscape.runs import Trainer, run
+from landscape.runs import Trainer, reprobe, run
 
 
 def test_loss_decreases_on_synthetic_data(tmp_path, tiny_config, tiny_dataset):
@@ -244,3 +244,32 @@ def test_train_reuses_a_probed_run_without_its_probe_records(tmp_path, tiny_conf
     ]
     copied = tmp_path / "trained/standard"
     assert (copied / "metrics.jsonl").exists() and not (copied / "probe.jsonl").exists()
+
+
+def test_resume_past_a_damaged_newest_checkpoint_equals_an_uninterrupted_run(
+    tmp_path, tiny_config, tiny_dataset
+):
+    cfg = tiny_config.replace(variants=("batchnorm",))
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    run(cfg, whole, progress=False, dataset=tiny_dataset)
+    run(cfg.replace(steps=4), cut, progress=False, dataset=tiny_dataset)
+    newest = cut / "batchnorm" / "checkpoints" / "4" / "state.npz"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a disk that filled up, a copy cut short
+    with pytest.warns(DamagedCheckpointWarning, match="4/state.npz is damaged"):
+        run(cfg, cut, resume=True, progress=False, dataset=tiny_dataset)
+    for name in ("metrics.jsonl", "probe.jsonl"):
+        a, b = (d / "batchnorm" / name for d in (whole, cut))
+        assert a.read_bytes() == b.read_bytes(), name
+    for step in (3, 4, 6):
+        a, b = (d / "batchnorm" / "checkpoints" / str(step) / "state.npz" for d in (whole, cut))
+        assert a.read_bytes() == b.read_bytes(), step
+
+
+def test_reprobe_leaves_a_damaged_checkpoint_out_and_says_so(tmp_path, tiny_config, tiny_dataset):
+    cfg = tiny_config.replace(variants=("standard",), steps=3)
+    run(cfg, tmp_path / "r", progress=False, dataset=tiny_dataset)
+    damaged = tmp_path / "r" / "standard" / "checkpoints" / "1" / "state.npz"
+    damaged.write_bytes(damaged.read_bytes()[:-200])
+    with pytest.warns(DamagedCheckpointWarning, match="1/state.npz is damaged.*step 1 left out"):
+        written = reprobe(tmp_path / "r", progress=False, dataset=tiny_dataset)
+    assert [r["step"] for r in read_rows(written["standard"])] == [0, 2, 3]

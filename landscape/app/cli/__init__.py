@@ -6,10 +6,11 @@ anything starts JAX, then hands over to Typer. ``app`` itself changes nothing in
 tests and notebooks can invoke it in-process.
 """
 
+import warnings
 from importlib import import_module
 
 from landscape.app import runtime
-from landscape.app.cli.common import app
+from landscape.app.cli.common import app, err_console
 
 # The modules register their commands with ``app`` when imported; this order is --help's.
 COMMAND_MODULES = (
@@ -29,7 +30,14 @@ for _module in COMMAND_MODULES:
 __all__ = ["app", "main"]
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Shows a warning as one line, ``warning: ...``: the library's warnings are meant for the
+    user (a damaged checkpoint skipped, a record line kept aside), not for a debugger."""
+    err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Runs the ``landscape`` command in this process, tuned as ``runtime.tune_process`` says."""
     runtime.tune_process()
+    warnings.showwarning = _warning_line
     app(prog_name="landscape")

@@ -39,7 +39,8 @@ def experiment(
     set_values: Annotated[
         list[str] | None,
         typer.Option(
-            "--set", help="Override a placeholder of the file, e.g. --set data=synthetic (repeatable); a name the file does not use is refused."
+            "--set",
+            help="Override a placeholder of the file, e.g. --set data=synthetic (repeatable); a name the file does not use is refused.",
         ),
     ] = None,
     dry_run: Annotated[
