@@ -26,7 +26,13 @@ from landscape.config import RunConfig, validate
 from landscape.data import Dataset, load_dataset
 from landscape.network import parameter_shapes
 from landscape.results import METRICS_FILE, PROBE_FILE, RecordWriter
-from landscape.rundir import RunError, prepare_run_dir, provenance
+from landscape.rundir import (
+    RunError,
+    check_run_dir_path,
+    prepare_run_dir,
+    provenance,
+    run_dir_lock,
+)
 from landscape.runs import Trainer, _probe_row, probe_record
 
 ANALYSIS_BATCHES = (
@@ -145,6 +151,31 @@ def adopt_checkpoints(
     except RunError:
         manager.close()
         raise
+    check_run_dir_path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with run_dir_lock(run_dir):
+            _adopt_into(run_dir, config, source, dataset, trainer, steps, first, state_at,
+                        overwrite, say)  # fmt: skip
+    finally:
+        manager.close()
+    return steps
+
+
+def _adopt_into(
+    run_dir: Path,
+    config: RunConfig,
+    source: Path,
+    dataset: Dataset,
+    trainer: Trainer,
+    steps: list[int],
+    first: Any,
+    state_at: Callable[[int], Any],
+    overwrite: bool,
+    say: Callable[[str], None] | None,
+) -> None:
+    """The part of ``adopt_checkpoints`` that writes, holding the run directory's lock."""
+    variant = config.variants[0]
     prepare_run_dir(run_dir, config, resume=False, overwrite=overwrite)
     facts = {
         **provenance(dataset, config),
@@ -171,5 +202,3 @@ def adopt_checkpoints(
                     say(f"{variant}: step {step} adopted and probed")
     finally:
         checkpointer.close()
-        manager.close()
-    return steps

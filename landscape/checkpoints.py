@@ -47,6 +47,11 @@ class DamagedCheckpointError(Exception):
     """A checkpoint that exists but cannot be read back intact (truncated, corrupted)."""
 
 
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (a full disk, a read-only directory): the ``OSError`` with
+    the file, and the size the checkpoint needed. Nothing half-written is left behind."""
+
+
 class DamagedCheckpointWarning(UserWarning):
     """A damaged checkpoint was skipped: resume fell back to an older one, or an analysis left
     that step out."""
@@ -176,9 +181,20 @@ class Checkpointer:
         arrays = {_leaf_name(path): np.asarray(leaf) for path, leaf in leaves}
         tmp = self.directory / f"{_TMP_PREFIX}{step}"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        with open(tmp / STATE_FILE, "wb") as f:
-            np.savez(f, **arrays)
+        try:
+            tmp.mkdir()
+            with open(tmp / STATE_FILE, "wb") as f:
+                np.savez(f, **arrays)
+        except OSError as err:
+            # The temporary directory is all there is of this checkpoint: removing it leaves
+            # the run as it was after the previous one.
+            shutil.rmtree(tmp, ignore_errors=True)
+            needed = sum(a.nbytes for a in arrays.values()) / 1e6
+            raise CheckpointWriteError(
+                err.errno,
+                f"writing checkpoint {step} failed: {err.strerror} (it needs {needed:.1f} MB)",
+                str(self.directory / str(step) / STATE_FILE),
+            ) from err
         final = self.directory / str(step)
         if final.exists():
             shutil.rmtree(final)
@@ -195,6 +211,8 @@ class Checkpointer:
     def _raise_writer_error(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
+            if isinstance(error, CheckpointWriteError):
+                raise error
             raise RuntimeError(
                 f"writing a checkpoint to {self.directory} failed: {error}"
             ) from error

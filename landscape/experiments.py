@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from landscape import report as run_report
-from landscape.results import read_rows
+from landscape.results import LOCK_FILE, read_rows
 
 PLAN_FILE = "experiment.json"
 LOG_FILE = "experiment.jsonl"
@@ -263,7 +263,7 @@ def continue_command(args: Sequence[str]) -> list[str]:
     run_dir = Path(out)
     if (run_dir / "config.json").exists():
         return [*args, "--resume", out]
-    if run_dir.is_dir() and not any(run_dir.iterdir()):
+    if run_dir.is_dir() and all(p.name == LOCK_FILE for p in run_dir.iterdir()):
         shutil.rmtree(run_dir)
     return args
 

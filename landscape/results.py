@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+LOCK_FILE = ".lock"  # a run directory's advisory lock (landscape.rundir.run_dir_lock)
 METRICS_FILE = "metrics.jsonl"
 PROBE_FILE = "probe.jsonl"
 PER_ETA_FIELDS = ("etas", "loss", "grad_dist", "step_norm")

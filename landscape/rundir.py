@@ -2,17 +2,24 @@
 the checks that a later command uses the same data, and reusing a variant another run finished.
 
 A run directory holds ``config.json`` (the ``RunConfig``), ``provenance.json`` (versions,
-device, data checksum) and one folder per variant with its records and checkpoints.
+device, data checksum) and one folder per variant with its records and checkpoints. Every
+function that writes into one holds its advisory lock (``.lock``, ``run_dir_lock``), so two
+processes never interleave their appends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
+import inspect
 import json
 import os
 import platform
 import shutil
+import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -22,14 +29,105 @@ import jax
 import numpy as np
 
 from landscape.checkpoints import complete_steps
-from landscape.config import ModelConfig, RunConfig, is_dln
+from landscape.config import ConfigError, ModelConfig, RunConfig, is_dln, validate
 from landscape.data import Dataset
 from landscape.network import parameter_shapes
-from landscape.results import METRICS_FILE, PROBE_FILE, read_rows
+from landscape.results import LOCK_FILE, METRICS_FILE, PROBE_FILE, read_rows
 
 
 class RunError(Exception):
     """A user-facing problem with a run (the CLI prints the one-line message, exits 2)."""
+
+
+_held: dict[Path, int] = {}  # run directories this process holds, with their nesting depth
+
+
+def _holder(path: Path) -> str:
+    try:
+        facts = json.loads(path.read_text())
+        return f"process {facts['pid']} on {facts['host']} ({facts['command']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def check_run_dir_path(run_dir: Path) -> None:
+    """Raises RunError for a run directory path that cannot be one: a dangling symbolic link,
+    or a file."""
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise RunError(
+            f"{run_dir} is a symbolic link to {os.readlink(run_dir)}, which does not exist; "
+            "create its target or choose another directory"
+        )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} is a file, not a run directory")
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Holds the advisory lock of ``run_dir`` (created if needed) for the ``with`` block.
+
+    A second process asking for it gets a RunError naming the process that holds it. The lock
+    is the kernel's (``fcntl.flock``), so it dies with its process: a crashed holder leaves a
+    stale ``.lock`` file that the next command simply takes over. Nested calls in one process
+    share the lock. The directory must exist; in a multi-host run only process 0, the one that
+    writes, takes the lock.
+    """
+    run_dir = Path(run_dir)
+    if jax.process_index() != 0:
+        yield
+        return
+    check_run_dir_path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a landscape run (no such directory)")
+    key = run_dir.absolute()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(
+                f"{run_dir} is in use by {_holder(path)}; wait for it to finish or stop it"
+            ) from None
+        facts = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300],
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(facts) + "\n").encode(), 0)
+        _held[key] = 1
+        try:
+            yield
+        finally:
+            del _held[key]
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def locks_run_dir(function: Callable) -> Callable:
+    """Decorates a function taking ``run_dir`` so that it runs holding ``run_dir_lock``."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def locked(*args, **kwargs):
+        run_dir = signature.bind(*args, **kwargs).arguments["run_dir"]
+        with run_dir_lock(run_dir):
+            return function(*args, **kwargs)
+
+    return locked
+
+
+def _has_files(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds anything but its lock file."""
+    return run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
 
 
 def prepare_run_dir(
@@ -41,10 +139,11 @@ def prepare_run_dir(
     a landscape run) or ``overwrite`` is given: results are never lost by accident.
     """
     config_path = run_dir / "config.json"
+    check_run_dir_path(run_dir)
     if resume:
         if not config_path.exists():
             raise RunError(f"cannot resume: {run_dir} has no config.json (not a landscape run)")
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif _has_files(run_dir):
         if not overwrite:
             raise RunError(
                 f"run directory {run_dir} already exists; pass --resume to continue it "
@@ -54,7 +153,15 @@ def prepare_run_dir(
             raise RunError(
                 f"refusing to overwrite {run_dir}: it does not look like a landscape run"
             )
-        shutil.rmtree(run_dir)
+        # Emptied in place rather than removed: the directory may be a symbolic link the user
+        # made, and its lock file is held by this process.
+        for entry in run_dir.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     return config
@@ -132,8 +239,7 @@ def _reuse_mismatch(source: Path, variant: str, config: RunConfig, dataset: Data
     difference = _first_difference(saved_config.to_dict(), wanted)
     if difference is not None:
         return f"{source} was run with other settings ({difference})"
-    provenance_path = source / "provenance.json"
-    saved = json.loads(provenance_path.read_text()) if provenance_path.exists() else {}
+    saved = load_provenance(source)
     if saved.get("dataset_sha256") != dataset.checksum:
         return f"{source} was trained on other data"
     device = jax.devices()[0]
@@ -250,18 +356,43 @@ def check_model_fits_data(config: RunConfig, dataset: Dataset) -> None:
         )
 
 
+def _read_run_json(path: Path) -> dict[str, Any]:
+    """Returns the JSON object in ``path``; RunError "this run's NAME is damaged" otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RunError(f"this run's {path.name} is damaged: {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise RunError(
+            f"this run's {path.name} is damaged: {path} holds a {type(data).__name__}, "
+            "not an object"
+        )
+    return data
+
+
 def load_config(run_dir: str | os.PathLike) -> RunConfig:
-    """Returns the ``RunConfig`` saved in ``run_dir``."""
+    """Returns the ``RunConfig`` saved in ``run_dir``; RunError when it is missing or damaged."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise RunError(f"{run_dir} is not a landscape run (no config.json)")
-    return RunConfig.from_dict(json.loads(path.read_text()))
+    data = _read_run_json(path)
+    try:
+        return validate(RunConfig.from_dict(data))
+    except ConfigError as err:
+        raise RunError(f"this run's config.json is damaged: {path}: {err}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise RunError(f"this run's config.json is damaged: {path}: {err}") from None
+
+
+def load_provenance(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Returns the run's ``provenance.json`` ({} when absent); RunError when it is damaged."""
+    path = Path(run_dir) / "provenance.json"
+    return _read_run_json(path) if path.exists() else {}
 
 
 def check_same_data(run_dir: Path, dataset: Dataset) -> None:
     """Raises RunError unless ``dataset`` is the data the run in ``run_dir`` was trained on."""
-    path = Path(run_dir) / "provenance.json"
-    expected = json.loads(path.read_text()).get("dataset_sha256") if path.exists() else None
+    expected = load_provenance(run_dir).get("dataset_sha256")
     if expected is not None and expected != dataset.checksum:
         raise RunError(
             f"the data differs from the run's (sha256 {dataset.checksum[:12]}..., the run used "

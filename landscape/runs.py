@@ -38,12 +38,15 @@ from landscape.rundir import (
     RunError,
     check_model_fits_data,
     check_network_record,
+    check_run_dir_path,
     check_same_data,
     copy_variant,
     load_config,
+    locks_run_dir,
     plan_reuse,
     prepare_run_dir,
     provenance,
+    run_dir_lock,
     write_network_record,
 )
 from landscape.train import (
@@ -586,6 +589,31 @@ def run(
     if not probe_enabled and config.probe.enabled and not resume:
         config = config.replace(probe=dataclasses.replace(config.probe, enabled=False))
     if primary:
+        check_run_dir_path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(run_dir):
+        return _run_in(
+            run_dir, config, dataset, mesh, device_count, resume, overwrite, probe_enabled,
+            progress, reuse, say,
+        )  # fmt: skip
+
+
+def _run_in(
+    run_dir: Path,
+    config: RunConfig,
+    dataset: Dataset,
+    mesh: Any,
+    device_count: int,
+    resume: bool,
+    overwrite: bool,
+    probe_enabled: bool,
+    progress: bool,
+    reuse: Sequence[str | os.PathLike],
+    say: Callable[[str], None] | None,
+) -> list[VariantReport]:
+    """The part of ``run`` that writes: holds the run directory's lock."""
+    primary = is_primary()
+    if primary:
         config = prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
         if not resume or not (run_dir / "provenance.json").exists():
             facts = {**provenance(dataset, config), "devices_used": device_count}
@@ -619,6 +647,7 @@ def run(
     return reports
 
 
+@locks_run_dir
 def reprobe(
     run_dir: str | os.PathLike,
     *,

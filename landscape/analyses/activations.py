@@ -23,11 +23,12 @@ from landscape.analyses.ics import chosen_steps, parse_layers, variant_bars
 from landscape.checkpoints import Checkpointer
 from landscape.data import load_dataset, normalize
 from landscape.results import ACTIVATIONS_FILE, RecordWriter, read_rows
-from landscape.rundir import RunError, check_same_data, load_config
+from landscape.rundir import RunError, check_same_data, load_config, locks_run_dir
 from landscape.runs import Trainer, check_variant
 from landscape.train import step_batch
 
 
+@locks_run_dir
 def record_activations(
     run_dir: str | os.PathLike,
     *,

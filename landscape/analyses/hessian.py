@@ -29,7 +29,7 @@ from landscape.curvature import (
 from landscape.data import load_dataset
 from landscape.probe import effective_beta, hessian_vector_product
 from landscape.results import HESSIAN_FILE, RecordWriter, read_rows
-from landscape.rundir import RunError, check_same_data, load_config
+from landscape.rundir import RunError, check_same_data, load_config, locks_run_dir
 from landscape.runs import Trainer, check_variant
 from landscape.train import step_batch
 
@@ -60,6 +60,7 @@ def choose_steps(
     return wanted
 
 
+@locks_run_dir
 def sharpness_over_training(
     run_dir: str | Path,
     *,

@@ -19,7 +19,7 @@ from landscape.data import load_dataset
 from landscape.ics import ICSResult, Layer, make_ics_step, model_layers
 from landscape.progress import progress_bar
 from landscape.results import ICS_FILE, RecordWriter, read_rows
-from landscape.rundir import RunError, check_same_data, load_config
+from landscape.rundir import RunError, check_same_data, load_config, locks_run_dir
 from landscape.runs import Trainer, check_variant
 
 
@@ -51,6 +51,7 @@ def _done_steps(path: Path, layers: Sequence[int]) -> set[int]:
     return {row["step"] for row in read_rows(path) if need <= set(row.get("layer", ()))}
 
 
+@locks_run_dir
 def record_ics(
     run_dir: str | os.PathLike,
     *,

@@ -22,7 +22,7 @@ import optax
 from landscape.checkpoints import Checkpointer, DamagedCheckpointError
 from landscape.config import ModelConfig, RunConfig
 from landscape.data import Dataset, load_dataset
-from landscape.rundir import RunError, check_same_data, load_config
+from landscape.rundir import RunError, check_same_data, load_config, locks_run_dir
 from landscape.runs import Trainer, check_variant
 from landscape.surface_records import SurfaceError, grid_coords, record_path
 from landscape.surfaces import (
@@ -175,6 +175,7 @@ def _check_axis(axis: tuple[float, float, int], option: str) -> tuple[float, flo
     return (lo, hi, n)
 
 
+@locks_run_dir
 def surface(
     run_dir: str | os.PathLike,
     *,
@@ -288,6 +289,7 @@ def surface(
     return written
 
 
+@locks_run_dir
 def interpolate(
     run_dir: str | os.PathLike,
     *,

@@ -1,5 +1,6 @@
 """Checkpoints: both formats round-trip a TrainState, retention, crash leftovers, errors."""
 
+import errno
 import shutil
 
 import jax
@@ -11,6 +12,7 @@ from helpers import make_state
 from landscape.checkpoints import (
     STATE_FILE,
     Checkpointer,
+    CheckpointWriteError,
     DamagedCheckpointError,
     DamagedCheckpointWarning,
     kept_steps,
@@ -104,9 +106,32 @@ def test_a_failed_write_is_reported_not_swallowed(tmp_path):
     shutil.rmtree(directory)
     directory.write_text("not a directory")
     ckpt.save(1, make_state())
-    with pytest.raises(RuntimeError, match="writing a checkpoint"):
+    with pytest.raises(CheckpointWriteError, match="writing checkpoint 1 failed"):
         ckpt.wait()
     ckpt.close()
+
+
+def test_a_full_disk_says_which_file_and_how_much_and_leaves_the_run_as_it_was(
+    tmp_path, monkeypatch
+):
+    directory = tmp_path / "c"
+    with Checkpointer(directory) as ckpt:
+        ckpt.save(0, make_state())
+
+    def full(file, **arrays):
+        file.write(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    ckpt = Checkpointer(directory)
+    ckpt.save(1, make_state(1))
+    with pytest.raises(
+        CheckpointWriteError, match=r"No space left on device \(it needs 0\.\d MB\)"
+    ) as err:
+        ckpt.wait()
+    assert err.value.errno == errno.ENOSPC and err.value.filename.endswith("1/state.npz")
+    ckpt.close()
+    assert sorted(p.name for p in directory.iterdir()) == ["0"]
 
 
 def _damage(path, how: str) -> None:
