@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from landscape import __version__, plots
-from landscape.results import load, load_hessian, load_ics, load_metrics
+from landscape.results import (
+    divergence_line,
+    load,
+    load_divergence,
+    load_hessian,
+    load_ics,
+    load_metrics,
+)
 from landscape.summary import QUANTITIES, ratios, summarize_run
 from landscape.surface_records import load_surfaces
 
@@ -45,6 +52,7 @@ pre { background: #f7f7f7; border: 1px solid #e5e5e5; padding: 0.8em; overflow-x
 .swatch { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.4em;
           vertical-align: baseline; border-radius: 2px; }
 .note { color: #555; font-size: 0.92em; }
+.warn { color: #a40000; border-left: 3px solid #c00; padding-left: 0.6em; }
 """
 
 _EXPLANATION = (
@@ -189,9 +197,10 @@ def _metrics_table(metrics: dict) -> str:
             tail = max(1, len(train["step"]) // 100)
             loss = np.asarray(train.get("loss", [np.nan]), float)[-tail:]
             acc = np.asarray(train.get("accuracy", [np.nan]), float)[-tail:]
+            # A diverged run's last losses are NaN: averaging them is "n/a", not a warning.
             cells += [
                 str(int(train["step"][-1]) + 1),
-                format_value(np.nanmean(loss)),
+                format_value(np.nanmean(loss)) if np.isfinite(loss).any() else "n/a",
                 _percent(np.nanmean(acc)) if np.isfinite(acc).any() else "n/a",  # DLN: none
             ]
         else:
@@ -234,6 +243,16 @@ def _png_base64(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_FIGURE_DPI)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _divergence_notes(run_dir: Path) -> list[str]:
+    """Returns one warning paragraph per variant whose training diverged."""
+    return [
+        f'<p class="warn">{_esc(divergence_line(plots.variant_label(v), record))}. Its probe '
+        "records past that step measure a network that is no longer finite; the figures mark "
+        "the step with a dashed red line.</p>"
+        for v, record in load_divergence(run_dir).items()
+    ]
 
 
 def render_report(run_dir: str | os.PathLike) -> str:
@@ -282,7 +301,8 @@ def render_report(run_dir: str | os.PathLike) -> str:
     else:
         parts.append('<p class="note">No probe records in this run.</p>')
     parts += _curvature_section(run_dir)
-    parts += ["<h2>Training</h2>", _metrics_table(metrics), "<h2>Figures</h2>"]
+    parts += ["<h2>Training</h2>", *_divergence_notes(run_dir), _metrics_table(metrics)]
+    parts.append("<h2>Figures</h2>")
     figures = plots.run_figures(run_dir)
     shift = {name: figures.pop(name) for name in SHIFT_FIGURES if name in figures}
     if not figures:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 LOCK_FILE = ".lock"  # a run directory's advisory lock (landscape.rundir.run_dir_lock)
+DIVERGED_FILE = "diverged.json"  # a variant whose training loss became non-finite
 METRICS_FILE = "metrics.jsonl"
 PROBE_FILE = "probe.jsonl"
 PER_ETA_FIELDS = ("etas", "loss", "grad_dist", "step_norm")
@@ -299,3 +300,37 @@ def load_hessian(
         )
         out[variant] = stacked
     return out
+
+
+def load_divergence(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Returns ``{variant: record}`` for the variants whose training diverged.
+
+    A record has ``step`` (the first step with a non-finite training loss), ``loss`` (its
+    value as text: "nan", "inf"), ``last_finite_step`` and ``last_finite_loss`` (None when no
+    step was finite), ``learning_rate`` and ``stopped`` (False when training went on,
+    ``--keep-going``).
+    """
+    out = {}
+    for variant in variants(run_dir):
+        path = Path(run_dir) / variant / DIVERGED_FILE
+        if path.exists():
+            try:
+                out[variant] = json.loads(path.read_text())
+            except ValueError:
+                out[variant] = {"step": None, "damaged": str(path)}
+    return out
+
+
+def divergence_line(variant: str, record: dict[str, Any]) -> str:
+    """Returns the one line that says where and how ``variant`` diverged."""
+    last = record.get("last_finite_loss")
+    before = (
+        f"last finite loss {last:.4g} at step {record['last_finite_step']}"
+        if last is not None
+        else "no finite loss before it"
+    )
+    then = "training stopped there" if record.get("stopped", True) else "training went on"
+    return (
+        f"{variant} diverged at step {record.get('step')}: training loss {record.get('loss')} "
+        f"({before}, learning rate {record.get('learning_rate')}); {then}"
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +33,14 @@ from landscape.network import NetworkError, first_line
 from landscape.plugins import is_import_path
 from landscape.probe import default_strategy, probe, summarize
 from landscape.progress import progress_bar
-from landscape.results import METRICS_FILE, PROBE_FILE, RecordWriter, truncate_rows
+from landscape.results import (
+    DIVERGED_FILE,
+    METRICS_FILE,
+    PROBE_FILE,
+    RecordWriter,
+    divergence_line,
+    truncate_rows,
+)
 from landscape.rundir import (
     NETWORK_FILE,
     RunError,
@@ -77,6 +85,7 @@ class VariantReport:
     checkpoint_s: float = 0.0
     compile_s: float = 0.0
     reused_from: str | None = None  # the run directory this variant was copied from (--reuse)
+    diverged: dict[str, Any] | None = None  # results.load_divergence's record, if it diverged
 
 
 # --- the loop and its hooks -------------------------------------------------------------------
@@ -87,10 +96,12 @@ class Recorder:
 
     ``flush`` is called before each checkpoint, so the records on disk always reach at least
     the newest checkpoint and a resumed run never misses or repeats a row. With
-    ``write=False`` (the other processes of a multi-host run) rows are dropped, not written.
+    ``write=False`` (the other processes of a multi-host run) rows are fetched, to watch the
+    loss as process 0 does, but not written. ``diverged`` is set by the first flush that finds
+    a non-finite training loss (``divergence_record``).
     """
 
-    def __init__(self, variant_dir: Path, write: bool = True):
+    def __init__(self, variant_dir: Path, write: bool = True, learning_rate: float = 0.0):
         self.write = write
         if write:
             self.metrics = RecordWriter(variant_dir / METRICS_FILE)
@@ -98,6 +109,9 @@ class Recorder:
         self._metrics: list[dict] = []
         self._probes: list[dict] = []
         self.last: dict[str, float] = {}
+        self.learning_rate = learning_rate
+        self.last_finite: tuple[int, float] | None = None
+        self.diverged: dict[str, Any] | None = None
 
     def add_metrics(self, row: dict) -> None:
         self._metrics.append(row)
@@ -108,16 +122,30 @@ class Recorder:
     def flush(self) -> None:
         if not (self._metrics or self._probes):
             return
-        if not self.write:
-            self._metrics, self._probes = [], []
-            return
         metrics, probes = jax.device_get((self._metrics, self._probes))
         self._metrics, self._probes = [], []
         rows = [{k: _number(v) for k, v in row.items()} for row in metrics]
-        self.metrics.write(rows)
         for row in rows:
             self.last.update(row)
-        self.probes.write([probe_record(row) for row in probes])
+            self._watch(row)
+        if self.write:
+            self.metrics.write(rows)
+            self.probes.write([probe_record(row) for row in probes])
+
+    def _watch(self, row: dict) -> None:
+        if "loss" not in row or self.diverged is not None:
+            return
+        if math.isfinite(row["loss"]):
+            self.last_finite = (row["step"], row["loss"])
+            return
+        step, loss = self.last_finite or (None, None)
+        self.diverged = {
+            "step": row["step"],
+            "loss": str(row["loss"]),
+            "last_finite_step": step,
+            "last_finite_loss": loss,
+            "learning_rate": self.learning_rate,
+        }
 
     def close(self) -> None:
         self.flush()
@@ -399,11 +427,16 @@ def train_variant(
     resume: bool = False,
     probe_enabled: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    keep_going: bool = False,
 ) -> VariantReport:
     """Trains one variant to ``config.steps``, checkpointing, probing and recording as it goes.
 
     Returns the timings of the work done in this call. ``on_step(step, last_metrics)`` is
-    called after every step (for progress bars).
+    called after every step (for progress bars). When the training loss becomes non-finite,
+    training stops at the next flush of the records (every ``log_every`` steps and before each
+    checkpoint, so no check costs a sync of its own) and ``<variant>/diverged.json`` says
+    where; ``keep_going`` trains on to the end and records the divergence all the same. A
+    resumed variant that diverged stays stopped unless ``keep_going``.
     """
     cfg = trainer.config
     report = VariantReport(trainer.variant)
@@ -412,6 +445,12 @@ def train_variant(
     probe_every = cfg.probe.every * max(ckpt_every, 1)
     probing = probe_enabled and cfg.probe.enabled
 
+    diverged_path = variant_dir / DIVERGED_FILE
+    if resume and diverged_path.exists():
+        if not keep_going:
+            report.diverged = json.loads(diverged_path.read_text())
+            return report
+        diverged_path.unlink()
     state = trainer.initial_state()
     start, restored = 0, False
     checkpointer = Checkpointer(variant_dir / "checkpoints", ckpt_cfg) if ckpt_every else None
@@ -433,12 +472,14 @@ def train_variant(
             lambda r: r["step"] < start or ("test_accuracy" in r and r["step"] <= start),
         )
         truncate_rows(variant_dir / PROBE_FILE, lambda r: r["step"] < start)
-    recorder = Recorder(variant_dir, write=primary)
+    recorder = Recorder(variant_dir, write=primary, learning_rate=cfg.optimizer.learning_rate)
     t_begin = time.perf_counter()
     try:
         for step in range(start, cfg.steps):
             if ckpt_every and step % ckpt_every == 0 and not (restored and step == start):
                 recorder.flush()
+                if recorder.diverged is not None and not keep_going:
+                    break  # before a state that is no longer finite is saved
                 t0 = time.perf_counter()
                 checkpointer.save(step, state)
                 report.checkpoint_s += time.perf_counter() - t0
@@ -482,8 +523,15 @@ def train_variant(
                 recorder.flush()
             if on_step is not None:
                 on_step(done, recorder.last)
+            if recorder.diverged is not None and not keep_going:
+                break
         recorder.flush()
-        if checkpointer is not None and cfg.steps > start:
+        stopped = recorder.diverged is not None and not keep_going
+        if recorder.diverged is not None:
+            report.diverged = {**recorder.diverged, "stopped": stopped}
+            if primary:
+                diverged_path.write_text(json.dumps(report.diverged, indent=2) + "\n")
+        if checkpointer is not None and cfg.steps > start and not stopped:
             t0 = time.perf_counter()
             checkpointer.save(cfg.steps, state, force=True)
             report.checkpoint_s += time.perf_counter() - t0
@@ -546,6 +594,7 @@ def run(
     devices: int | str | None = None,
     reuse: Sequence[str | os.PathLike] = (),
     say: Callable[[str], None] | None = None,
+    keep_going: bool = False,
 ) -> list[VariantReport]:
     """Trains (and probes) every variant of ``config`` into ``run_dir``.
 
@@ -557,7 +606,8 @@ def run(
     command would refuse, before anything is written.
     ``devices`` (a number or ``"all"``, the default) spreads each step over that many devices
     (``landscape.sharding``); one device runs the single-device code. In a multi-host run only
-    process 0 writes records and progress.
+    process 0 writes records and progress. A variant whose training loss becomes non-finite
+    stops there (``train_variant``; ``keep_going`` trains on) and ``say`` gets one line.
     """
     run_dir = Path(run_dir)
     if resume:
@@ -594,7 +644,7 @@ def run(
     with run_dir_lock(run_dir):
         return _run_in(
             run_dir, config, dataset, mesh, device_count, resume, overwrite, probe_enabled,
-            progress, reuse, say,
+            progress, reuse, say, keep_going,
         )  # fmt: skip
 
 
@@ -610,6 +660,7 @@ def _run_in(
     progress: bool,
     reuse: Sequence[str | os.PathLike],
     say: Callable[[str], None] | None,
+    keep_going: bool,
 ) -> list[VariantReport]:
     """The part of ``run`` that writes: holds the run directory's lock."""
     primary = is_primary()
@@ -635,15 +686,17 @@ def _run_in(
                 reports.append(VariantReport(variant, reused_from=str(reused[variant])))
                 continue
             trainer = Trainer(config, variant, dataset, mesh)
-            reports.append(
-                train_variant(
-                    trainer,
-                    run_dir / variant,
-                    resume=resume,
-                    probe_enabled=probe_enabled and config.probe.enabled,
-                    on_step=make_callback(variant),
-                )
+            report = train_variant(
+                trainer,
+                run_dir / variant,
+                resume=resume,
+                probe_enabled=probe_enabled and config.probe.enabled,
+                on_step=make_callback(variant),
+                keep_going=keep_going,
             )
+            reports.append(report)
+            if report.diverged is not None and say is not None and primary:
+                say(divergence_line(variant, report.diverged))
     return reports
 
 

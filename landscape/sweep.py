@@ -30,7 +30,7 @@ from landscape.config import (
     setting_name,
 )
 from landscape.data import load_dataset
-from landscape.results import METRICS_FILE, load, load_metrics, read_rows
+from landscape.results import DIVERGED_FILE, METRICS_FILE, load, load_metrics, read_rows
 from landscape.summary import median_finite
 
 SWEEP_FILE = "sweep.json"
@@ -154,10 +154,13 @@ def open_sweep(
 
 
 def run_status(run_dir: Path, config: RunConfig) -> str:
-    """Returns ``"done"`` (every variant evaluated at the last step), ``"partial"`` or ``"new"``."""
+    """Returns ``"done"`` (every variant evaluated at the last step, or stopped by its
+    divergence), ``"partial"`` or ``"new"``."""
     if not (run_dir / "config.json").exists():
         return "new"
     for variant in config.variants:
+        if (run_dir / variant / DIVERGED_FILE).exists():
+            continue  # stopped where its loss stopped being finite: as done as it will get
         rows = read_rows(run_dir / variant / METRICS_FILE)
         if not any(r.get("step") == config.steps and "test_accuracy" in r for r in rows):
             return "partial"

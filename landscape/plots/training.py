@@ -39,7 +39,7 @@ from landscape.plots.style import (
     variant_color,
     variant_label,
 )
-from landscape.results import load, load_hessian, load_metrics
+from landscape.results import load, load_divergence, load_hessian, load_metrics
 
 # --- Figure 4: loss landscape, gradient predictiveness, effective beta-smoothness ----------------
 
@@ -284,7 +284,36 @@ def run_figures(run_dir: str | os.PathLike, *, smooth: int = 0) -> dict[str, Fig
     if hessian:
         figures["sharpness"] = sharpness_figure(hessian)
         figures["curvature_link"] = curvature_link_figure(hessian)
-    return figures_for_model(figures, read_config(run_dir), metrics, smooth=smooth)
+    figures = figures_for_model(figures, read_config(run_dir), metrics, smooth=smooth)
+    divergence = load_divergence(run_dir)
+    for name in ("loss_landscape", "training_curves"):
+        if name in figures:
+            mark_divergence(figures[name], divergence)
+    return figures
+
+
+def mark_divergence(fig: Figure, divergence: dict[str, dict[str, Any]]) -> None:
+    """Draws a dashed line in the variant's colour at the step where its training loss became
+    non-finite (``results.load_divergence``) on every panel of ``fig``, labelled once."""
+    for variant, record in divergence.items():
+        step = record.get("step")
+        if not isinstance(step, int):
+            continue
+        for i, ax in enumerate(fig.axes):
+            ax.axvline(step, color=variant_color(variant), ls="--", lw=1.2)
+            if i == 0:  # along the line, inside the panel whatever the step's position
+                ax.annotate(
+                    "diverged",
+                    (step, 0.98),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(-2, 0),
+                    textcoords="offset points",
+                    rotation=90,
+                    ha="right",
+                    va="top",
+                    fontsize=7,
+                    color=variant_color(variant),
+                )
 
 
 def plot_run(

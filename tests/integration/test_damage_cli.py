@@ -145,3 +145,16 @@ def test_a_read_only_run_directory_is_one_line(tmp_path):
         assert line.startswith("error: cannot write") and "Read-only file system" in line
         assert json.loads((run_dir / "config.json").read_text())["steps"] == 2
         os.sync()
+
+
+def test_train_at_a_huge_learning_rate_stops_with_one_line_and_a_record(tmp_path):
+    run_dir = tmp_path / "run"
+    result = landscape("train", *SMOKE, "--lr", "1000", "--out", run_dir)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    said = [line for line in result.stdout.splitlines() if "diverged" in line]
+    assert len(said) == 1 and said[0].startswith("batchnorm diverged at step "), result.stdout
+    assert "learning rate 1000.0); training stopped there" in said[0]
+    record = json.loads((run_dir / "batchnorm" / "diverged.json").read_text())
+    assert record["stopped"] and record["loss"] in ("nan", "inf", "-inf")
+    summary = landscape("summary", run_dir)
+    assert said[0] in summary.stdout.splitlines()

@@ -4,12 +4,13 @@ import base64
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from landscape import report
+from landscape import plots, report
 from landscape.results import load
 from landscape.summary import QUANTITIES, summarize_run
 
@@ -157,3 +158,24 @@ def test_format_value():
     assert report.format_value(math.nan) == "n/a"
     assert report.format_value(0.000123456) == "0.0001235"
     assert report.format_value(3) == "3"
+
+
+def test_a_diverged_training_is_said_in_words_and_marked_without_numpy_warnings(tmp_path):
+    run = write_run(tmp_path / "run")
+    rows = [{"step": s, "loss": 2.0 if s < 50 else math.nan, "accuracy": 0.1} for s in range(60)]
+    (run / "standard" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    record = {"step": 50, "loss": "nan", "last_finite_step": 49, "last_finite_loss": 2.0,
+              "learning_rate": 5.0, "stopped": True}  # fmt: skip
+    (run / "standard" / "diverged.json").write_text(json.dumps(record))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a numpy RuntimeWarning would fail here
+        page = report.render_report(run)
+        figures = plots.run_figures(run)
+    assert "Standard diverged at step 50: training loss nan (last finite loss 2 at step 49, " \
+        "learning rate 5.0); training stopped there" in page  # fmt: skip
+    for name in ("training_curves", "loss_landscape"):
+        lines = [
+            line for ax in figures[name].axes for line in ax.get_lines()
+            if line.get_linestyle() == "--" and list(line.get_xdata()) == [50, 50]
+        ]  # fmt: skip
+        assert len(lines) == len(figures[name].axes), name

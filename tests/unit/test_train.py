@@ -11,7 +11,7 @@ from helpers import assert_trees_equal, params_of, with_
 
 from landscape.checkpoints import Checkpointer, DamagedCheckpointWarning
 from landscape.config import CheckpointConfig
-from landscape.results import load, load_metrics, read_rows
+from landscape.results import divergence_line, load, load_divergence, load_metrics, read_rows
 from landscape.rundir import RunError
 from landscape.runs import Trainer, reprobe, run
 
@@ -273,3 +273,26 @@ def test_reprobe_leaves_a_damaged_checkpoint_out_and_says_so(tmp_path, tiny_conf
     with pytest.warns(DamagedCheckpointWarning, match="1/state.npz is damaged.*step 1 left out"):
         written = reprobe(tmp_path / "r", progress=False, dataset=tiny_dataset)
     assert [r["step"] for r in read_rows(written["standard"])] == [0, 2, 3]
+
+
+def test_divergence_stops_the_variant_with_a_record_and_keep_going_trains_on(
+    tmp_path, tiny_config, tiny_dataset
+):
+    cfg = with_(tiny_config, steps=8, variants=("standard",), optimizer={"learning_rate": 1e4})
+    said = []
+    (report,) = run(cfg, tmp_path / "stop", progress=False, dataset=tiny_dataset, say=said.append)
+    record = load_divergence(tmp_path / "stop")["standard"]
+    assert report.diverged == record and record["stopped"] and record["learning_rate"] == 1e4
+    rows = [r for r in read_rows(tmp_path / "stop" / "standard" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows][-1] == record["step"] < 7
+    assert all(np.isfinite(r["loss"]) for r in rows[:-1]) and not np.isfinite(rows[-1]["loss"])
+    assert record["last_finite_step"] == record["step"] - 1
+    assert said == [divergence_line("standard", record)]
+    assert f"standard diverged at step {record['step']}: training loss nan" in said[0]
+    assert 8 not in Checkpointer(tmp_path / "stop" / "standard" / "checkpoints").steps()
+    # Resumed, it stays stopped; with keep_going it trains on to the end.
+    (again,) = run(cfg, tmp_path / "stop", resume=True, progress=False, dataset=tiny_dataset)
+    assert again.steps_run == 0 and again.diverged == record
+    (on,) = run(cfg, tmp_path / "on", progress=False, dataset=tiny_dataset, keep_going=True)
+    assert on.steps_run == 8 and on.diverged["stopped"] is False
+    assert on.diverged["step"] == record["step"]

@@ -69,9 +69,11 @@ def default_run_dir(config: RunConfig) -> Path:
 
 def print_summary(run_dir: Path, config: RunConfig) -> None:
     """Prints the table of medians over steps, early phase and overall, with ratios."""
-    from landscape.results import load
+    from landscape.results import divergence_line, load, load_divergence
     from landscape.summary import QUANTITIES, ratios, summarize_run
 
+    for variant, record in load_divergence(run_dir).items():
+        console.print(divergence_line(variant, record), markup=False, highlight=False)
     records = load(run_dir)
     if not records:
         console.print("no probe records to summarise")

@@ -121,6 +121,7 @@ def _run_command(
     figures: bool,
     devices: int | str = "all",
     reuse: list[Path] | None = None,
+    keep_going: bool = False,
 ) -> None:
     from landscape.data import DataError
     from landscape.mesh import is_primary
@@ -143,7 +144,8 @@ def _run_command(
             progress=progress,
             devices=devices,
             reuse=reuse or (),
-            say=lambda line: console.print(line, highlight=False),
+            say=lambda line: console.print(line, highlight=False, markup=False),
+            keep_going=keep_going,
         )
     except (DataError, RunError) as err:
         fail(str(err))
@@ -214,6 +216,13 @@ def _shared_run_options(
     reuse: ReuseOpt = None,
     devices: DevicesOpt = "all",
     distributed: DistributedOpt = False,
+    keep_going: Annotated[
+        bool,
+        typer.Option(
+            "--keep-going",
+            help="Train on after the training loss becomes NaN or inf (for divergence studies). By default that variant stops there with one line saying the step, the last finite loss and the learning rate, and its <variant>/diverged.json records it.",
+        ),
+    ] = False,
     progress: ProgressOpt = True,
 ) -> None:
     """The options ``train`` and ``probe`` share, declared once (``with_run_options``)."""
@@ -310,6 +319,7 @@ def _start(options: dict, *, probe_enabled: bool) -> None:
     progress, figures = options.pop("progress"), options.pop("figures", False)
     from_run = options.pop("from_run", None)
     devices, distributed = options.pop("devices"), options.pop("distributed")
+    keep_going = options.pop("keep_going")
     try:
         devices = parse_devices(devices)
         if distributed:
@@ -336,6 +346,7 @@ def _start(options: dict, *, probe_enabled: bool) -> None:
             figures=figures,
             devices=devices,
             reuse=reuse,
+            keep_going=keep_going,
         )
     except CliError as err:
         fail(str(err))
