@@ -176,11 +176,19 @@ def variables_for(
 
 
 def _names(text: str) -> list[str]:
-    """Returns the ``{placeholder}`` names in ``text``; raises ExperimentError on bad braces."""
+    """Returns the ``{placeholder}`` names in ``text``; raises ExperimentError on bad braces or
+    an empty or positional placeholder (``{}``, ``{0}``)."""
     try:
-        return [name for _, name, _, _ in string.Formatter().parse(text) if name]
+        names = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
     except ValueError as err:
         raise ExperimentError(f"{text!r}: {err} (write a literal brace as {{{{ or }}}})") from None
+    for name in names:
+        if not name or name.isdigit():
+            raise ExperimentError(
+                f"{text!r}: {{{name}}} names no placeholder; use {{NAME}} with a name under "
+                "[vars], or write a literal brace as {{ or }}"
+            )
+    return names
 
 
 def placeholders(experiment: Experiment) -> set[str]:

@@ -181,3 +181,12 @@ def test_out_and_root_cannot_be_set(tmp_path):
     exp = load_experiment(REPO / "experiments" / "figure2_8_noisy_bn.toml")
     with pytest.raises(ExperimentError, match="the output folder is chosen with --out"):
         variables_for(exp, "quick", tmp_path / "x", None, {"root": "elsewhere"})
+
+
+@pytest.mark.parametrize("arg", ["{}", "{0}", "{unclosed", "a}b"])
+def test_empty_positional_and_broken_braces_are_one_line_errors(tmp_path, arg):
+    path = tmp_path / "e.toml"
+    path.write_text(f'[[steps]]\nname = "a"\nrun = ["summary", "{arg}"]\n')
+    exp = load_experiment(path)
+    with pytest.raises(ExperimentError, match="literal brace"):
+        resolve(exp, variables_for(exp, "quick", "o", None))
