@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from landscape.plugins import is_import_path
+from landscape.plugins import OPTIMIZER_GROUP, is_import_path, registered
 
 # The names each choice may take. The modules that implement them key their tables by these names
 # (models: architectures, normalisations, placements, convolution forms; probe: strategies;
@@ -379,7 +379,7 @@ SETTINGS: dict[str, Setting] = {
     "model": Setting("model.factory", str, optional=True),
     "variant_arg": Setting("model.variant_arg", str, optional=True),
     "loss": Setting("model.loss", str, optional=True),
-    "optimizer": Setting("optimizer.name", str, choices=lambda: OPTIMIZERS),
+    "optimizer": Setting("optimizer.name", str),
     "lr": _positive("optimizer.learning_rate", float),
     "momentum": _nonneg("optimizer.momentum", float),
     "weight_decay": _nonneg("optimizer.weight_decay", float),
@@ -533,6 +533,13 @@ def validate(config: RunConfig) -> RunConfig:
         _validate_user_model(config)
     else:
         _validate_builtin_model(config)
+    name = config.optimizer.name
+    if name not in OPTIMIZERS and not is_import_path(name) and name not in registered(OPTIMIZER_GROUP):
+        raise ConfigError(
+            f"unknown {{key}} {name!r}; choose {', '.join(OPTIMIZERS)}, package.module:function "
+            "or a name registered under landscape.optimizers",
+            "optimizer",
+        )
     loss = config.model.loss
     if loss is not None and loss not in LOSSES and not is_import_path(loss):
         raise ConfigError(

@@ -1,6 +1,7 @@
 """Finding the user's code by name: ``package.module:function`` import paths and the entry points a
 package registers (groups ``landscape.models`` and ``landscape.data``), so a run directory can
-say how to rebuild its network and data and every later command can do it.
+say how to rebuild its network, data and optimiser and every later command can do it (group
+``landscape.optimizers`` for optimisers).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 MODEL_GROUP = "landscape.models"
 DATA_GROUP = "landscape.data"
+OPTIMIZER_GROUP = "landscape.optimizers"
 
 
 class PluginError(ValueError):
@@ -68,6 +70,15 @@ def load_object(spec: str, group: str | None = None) -> Any:
         except AttributeError:
             raise PluginError(f"{spec!r}: {module_name} has no {attribute!r}") from None
     return value
+
+
+def accepts(factory: Callable, name: str) -> bool:
+    """Returns True when ``factory`` takes a keyword ``name`` (by name or ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def call_factory(factory: Callable, spec: str, arguments: dict[str, Any], **offered: Any) -> Any:

@@ -24,7 +24,15 @@ from landscape.mesh import place, replicated, split_batch
 from landscape.models import create_model, loss_for_arch
 from landscape.network import Network, NetworkError, check_network, example_inputs, from_linen
 from landscape.norms import NoiseConfig
-from landscape.plugins import MODEL_GROUP, PluginError, call_factory, is_import_path, load_object
+from landscape.plugins import (
+    MODEL_GROUP,
+    OPTIMIZER_GROUP,
+    PluginError,
+    accepts,
+    call_factory,
+    is_import_path,
+    load_object,
+)
 
 
 class TrainState(struct.PyTreeNode):
@@ -124,7 +132,15 @@ def _accuracy(loss: Loss, outputs: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-    """Returns the optax optimiser: plain SGD by default, as in the paper."""
+    """Returns the optax optimiser: plain SGD by default, as in the paper.
+
+    ``config.name`` may also be a user's factory, ``package.module:function`` or a name
+    registered in the ``landscape.optimizers`` entry-point group: it is called with
+    ``learning_rate`` (required: the probe's step sizes are multiples of it) and, where it
+    accepts them, ``momentum`` and ``weight_decay``, and must return an optax
+    ``GradientTransformation``. Weight decay it does not take is chained before it, as for the
+    built-in ones. Raises PluginError (one line) for a factory that does not fit.
+    """
     if config.name == "sgd":
         opt = optax.sgd(config.learning_rate)
     elif config.name == "momentum":
@@ -132,8 +148,26 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     elif config.name == "adam":
         opt = optax.adam(config.learning_rate)
     else:
-        raise ValueError(f"unknown optimizer {config.name!r}; choose sgd, momentum or adam")
+        return _user_optimizer(config)
     if config.weight_decay:
+        opt = optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
+    return opt
+
+
+def _user_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
+    factory = load_object(config.name, OPTIMIZER_GROUP)
+    if callable(factory) and not accepts(factory, "learning_rate"):
+        raise PluginError(
+            f"{config.name!r} must take a learning_rate argument: --lr sets it, and the probe's "
+            "step sizes are multiples of it"
+        )
+    offered = {"momentum": config.momentum, "weight_decay": config.weight_decay}
+    opt = call_factory(factory, config.name, {"learning_rate": config.learning_rate}, **offered)
+    if not (callable(getattr(opt, "init", None)) and callable(getattr(opt, "update", None))):
+        raise PluginError(
+            f"{config.name!r} returned a {type(opt).__name__}, not an optax GradientTransformation"
+        )
+    if config.weight_decay and not accepts(factory, "weight_decay"):
         opt = optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
     return opt
 

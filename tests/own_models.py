@@ -130,3 +130,16 @@ def regression_data() -> dict[str, np.ndarray]:
     x = rng.standard_normal((80, 5)).astype(np.float32)
     y = x @ rng.standard_normal((5, 2)).astype(np.float32)
     return {"x_train": x[:64], "y_train": y[:64], "x_test": x[64:], "y_test": y[64:]}
+
+
+def adamw(learning_rate: float, weight_decay: float = 0.0):
+    """A user's optimiser factory (``--optimizer own_models:adamw``)."""
+    return optax.adamw(learning_rate, b1=0.8, weight_decay=weight_decay)
+
+
+def no_learning_rate():
+    return optax.sgd(0.1)
+
+
+def not_an_optimizer(learning_rate: float):
+    return {"lr": learning_rate}

@@ -9,20 +9,23 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import OWN_DATA, user_config
 
 from landscape.config import (
     ConfigError,
     ModelConfig,
+    OptimizerConfig,
     RunConfig,
     apply_model_options,
+    validate,
 )
 from landscape.data import DataError, load_dataset
 from landscape.network import NetworkError, from_linen, parameter_shapes
 from landscape.rundir import RunError
 from landscape.runs import run
-from landscape.train import build_network
+from landscape.train import build_network, make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +123,37 @@ def test_variants_of_one_factory_must_differ_and_name_folders():
         validate(user_config(variants="a,b"))
     with pytest.raises(ConfigError, match="cannot name a folder"):
         validate(user_config(variants="norm=../x,batchnorm"))
+
+
+def test_a_users_optimizer_factory_trains_and_bad_ones_are_one_line(tmp_path, dataset):
+    params = {"w": jnp.array([1.0, -2.0, 3.0])}
+    grads = {"w": jnp.array([0.5, 0.5, -1.0])}
+
+    def first_update(opt):
+        return opt.update(grads, opt.init(params), params)[0]["w"]
+
+    # The factory gets --lr and the weight decay it takes (adamw's own, not chained before it).
+    for decay in (0.0, 0.1):
+        ours = make_optimizer(
+            OptimizerConfig(name="own_models:adamw", learning_rate=0.01, weight_decay=decay)
+        )
+        direct = optax.adamw(0.01, b1=0.8, weight_decay=decay)
+        np.testing.assert_array_equal(first_update(ours), first_update(direct))
+    config = user_config(variants="plain").replace(
+        optimizer=OptimizerConfig(name="own_models:adamw", learning_rate=0.01), steps=3
+    )
+    (report,) = run(config, tmp_path / "ok", progress=False, dataset=dataset)
+    assert report.steps_run == 3
+    saved = json.loads((tmp_path / "ok" / "config.json").read_text())
+    assert saved["optimizer"]["name"] == "own_models:adamw"
+    for name, message in (
+        ("own_models:no_learning_rate", "must take a learning_rate argument"),
+        ("own_models:not_an_optimizer", "returned a dict, not an optax GradientTransformation"),
+        ("own_models:nowhere", "has no 'nowhere'"),
+    ):
+        bad = config.replace(optimizer=OptimizerConfig(name=name))
+        with pytest.raises(RunError, match=message):
+            run(bad, tmp_path / "bad", progress=False, dataset=dataset)
+        assert not (tmp_path / "bad").exists()
+    with pytest.raises(ConfigError, match=r"unknown optimizer 'rmsprop'.*package.module:function"):
+        validate(config.replace(optimizer=OptimizerConfig(name="rmsprop")))

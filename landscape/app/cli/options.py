@@ -57,7 +57,10 @@ LrOpt = Annotated[
 
 OptimOpt = Annotated[
     str | None,
-    typer.Option("--optimizer", help="sgd (default, the paper's), momentum (0.9) or adam."),
+    typer.Option(
+        "--optimizer",
+        help="sgd (default, the paper's), momentum (0.9), adam, or your own: package.module:function (or a name registered under landscape.optimizers) called with learning_rate (and momentum, weight_decay if it takes them), returning an optax GradientTransformation.",
+    ),
 ]
 
 
