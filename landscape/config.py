@@ -534,7 +534,11 @@ def validate(config: RunConfig) -> RunConfig:
     else:
         _validate_builtin_model(config)
     name = config.optimizer.name
-    if name not in OPTIMIZERS and not is_import_path(name) and name not in registered(OPTIMIZER_GROUP):
+    if (
+        name not in OPTIMIZERS
+        and not is_import_path(name)
+        and name not in registered(OPTIMIZER_GROUP)
+    ):
         raise ConfigError(
             f"unknown {{key}} {name!r}; choose {', '.join(OPTIMIZERS)}, package.module:function "
             "or a name registered under landscape.optimizers",

@@ -37,7 +37,7 @@ class Network(NamedTuple):
     init: Callable[[jax.Array, jax.Array], tuple[Any, Any]]
     apply: Callable[..., tuple[jax.Array, Any]]
     module: nn.Module | None = None  # the Linen module, for analyses that need its structure
-    kind: str = "custom"  # "linen", "nnx" or "custom"
+    kind: str = "custom"  # "linen", "nnx", "equinox" or "custom"
     # How the Linen module is called (``from_linen``'s options), for the analyses that call it.
     train_arg: str | None = "train"
     state_collection: str = "batch_stats"

@@ -210,7 +210,8 @@ def build_network(config: ModelConfig, num_outputs: int = 10) -> Network:
         return value
     raise NetworkError(
         f"model {config.factory!r} returned a {type(value).__name__}; return a flax.linen.Module "
-        "or a landscape.network.Network (landscape.network.from_nnx for an NNX module)"
+        "or a landscape.network.Network (landscape.network.from_nnx for an NNX module, "
+        "landscape.equinox_network.from_equinox for an Equinox one)"
     )
 
 
