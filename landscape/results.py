@@ -76,7 +76,7 @@ def _plain(value: Any) -> Any:
 def _parse(line: bytes) -> dict[str, Any] | None:
     """Returns the row a line holds, or None when it is not a JSON object."""
     try:
-        row = json.loads(line)
+        row = json.loads(line.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     return row if isinstance(row, dict) else None
@@ -89,7 +89,7 @@ def _scan(path: Path) -> tuple[list[tuple[int, bytes, dict[str, Any] | None]], b
     lines = [
         (number, line, _parse(line))
         for number, line in enumerate(body.split(b"\n"), 1)
-        if line.strip()
+        if line and not line.isspace()
     ]
     return lines, tail
 
@@ -100,9 +100,9 @@ _reported: set[tuple[str, int, bytes]] = set()
 
 
 def _report_damaged(path: Path, lines: list[tuple[int, bytes, dict[str, Any] | None]]) -> None:
-    for number, line, row in lines:
+    for number, line, _ in (entry for entry in lines if entry[2] is None):
         key = (str(path.absolute()), number, line)
-        if row is not None or key in _reported:
+        if key in _reported:
             continue
         _reported.add(key)
         log.warning(
