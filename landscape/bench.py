@@ -26,6 +26,7 @@ import numpy as np
 from landscape.checkpoints import Checkpointer
 from landscape.config import RunConfig
 from landscape.data import Dataset
+from landscape.results import repair_tail
 from landscape.runs import Trainer, make_probe_step, make_train_probe_step, train_variant
 
 
@@ -289,6 +290,7 @@ def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "bench.jsonl"
+    repair_tail(path)  # a torn last line from a killed run: the new line must start its own
     with open(path, "a") as f:
         f.write(json.dumps(result, default=lambda o: np.asarray(o).tolist()) + "\n")
     return path

@@ -49,7 +49,13 @@ META_FILE = "batches.meta.txt"
 IMAGE_FORMATS = {
     ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP",
 }  # fmt: skip
-CACHE_VERSION = 2
+# 3: caches made before archives were checked whole may hold a partial read; never trusted.
+CACHE_VERSION = 3
+# CIFAR-10's split sizes. An image set in its ten classes with fewer images is a partial copy or
+# extraction: refused, never trained on. (More is another set: CINIC-10 uses the same classes.)
+CIFAR10_SIZES = {"train": 50_000, "test": 10_000}
+# How the first bytes of a file name its compression; anything else is read as a plain tar.
+COMPRESSION_MAGIC = {b"\x1f\x8b": "gz", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
 
 # A file of a folder (read when needed) or the bytes of an archive member (already read).
 Source = Path | bytes
@@ -391,22 +397,77 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
         raise DataError(f"{archive}: {name!r} is a link or device; refusing to read the archive")
 
 
+class _ArchiveCut(tarfile.TarError):
+    """The archive stops before its end-of-archive marker, or a header in it is damaged."""
+
+
+class _StrictHeader(tarfile.TarInfo):
+    """Reads headers as tarfile does, but only the end-of-archive marker (a zero block) ends the
+    archive: tarfile takes a missing, cut or damaged header for the end and stops silently."""
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):
+        try:
+            return super().frombuf(buf, encoding, errors)
+        except tarfile.EmptyHeaderError:
+            raise _ArchiveCut(
+                "it ends where a member or the end-of-archive marker should be"
+            ) from None
+        except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as err:
+            raise _ArchiveCut(f"damaged header: {err}") from None
+
+
+def _read_end(tar: tarfile.TarFile) -> None:
+    """Raises _ArchiveCut unless the archive ends as a whole one does: after the first zero block
+    (the last one read), a second, then the rest of the compressed stream, whose trailer (CRC and
+    length) gzip, bz2 and xz check when read to its end."""
+    stream = tar.fileobj
+    if stream.tell() != tar.offset + tarfile.BLOCKSIZE:
+        raise _ArchiveCut("it does not end with an end-of-archive marker")
+    if stream.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+        raise _ArchiveCut("its end-of-archive marker is cut short")
+    while stream.read(1 << 20):
+        pass
+
+
+def _tar_mode(path: Path) -> str:
+    """Returns the ``tarfile.open`` mode for the file's compression (from its first bytes)."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return "r:" + next((c for magic, c in COMPRESSION_MAGIC.items() if head.startswith(magic)), "")
+
+
 def _tar_files(path: Path, progress: bool = False) -> dict[str, Source]:
-    """Returns the CIFAR-relevant regular files of a .tar / .tar.gz, read into memory."""
+    """Returns the CIFAR-relevant regular files of a .tar / .tar.gz, read into memory.
+
+    The archive is read to its end-of-archive marker and, compressed, to the end of the stream
+    with its checksum verified, or refused: a cut or damaged archive never passes for a smaller
+    data set.
+    """
     files: dict[str, Source] = {}
+    members = 0
     try:
         with (
             transient_bar(progress, None, f"reading {path.name}"),
-            tarfile.open(path, "r:*") as tar,
+            tarfile.open(path, _tar_mode(path), tarinfo=_StrictHeader) as tar,
         ):
             for member in tar:  # one sequential pass: a .tar.gz cannot seek cheaply
+                members += 1
                 _check_member(member, path)
                 name = member.name.removeprefix("./")
                 if member.isfile() and _wanted(name):
                     handle = tar.extractfile(member)
                     files.setdefault(name, handle.read() if handle else b"")
+            _read_end(tar)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{path}: not a folder or a readable tar archive ({err})") from None
+        reason = " ".join(str(err).split())  # one line, whatever the library said
+        if members == 0:
+            raise DataError(f"{path}: not a folder or a readable tar archive ({reason})") from None
+        raise DataError(
+            f"{path}: the archive is incomplete or damaged after {members:,} "
+            f"member{'s' * (members != 1)} ({reason}); nothing from it was used or cached: "
+            "download or copy it again"
+        ) from None
     return files
 
 
@@ -545,8 +606,23 @@ def _image_folder_name(path: Path, classes) -> str:
     return f"{kind} (image folder: {path.name})"
 
 
+def _check_known_size(path: Path, classes, train: np.ndarray, test: np.ndarray) -> None:
+    """Raises DataError for an image set in CIFAR-10's classes with fewer images than CIFAR-10."""
+    if sorted(classes) != sorted(CIFAR10_CLASSES):
+        return
+    found = {"train": len(train), "test": len(test)}
+    if any(found[split] < size for split, size in CIFAR10_SIZES.items()):
+        raise DataError(
+            f"{path}: {found['train']:,} training and {found['test']:,} test images in "
+            f"CIFAR-10's classes, where CIFAR-10 has {CIFAR10_SIZES['train']:,} and "
+            f"{CIFAR10_SIZES['test']:,}: a partial copy? Copy or extract it again (for part of "
+            "CIFAR-10 on purpose, give it as an .npz: docs/own-models.md)"
+        )
+
+
 def _cached_dataset(path: Path, cached) -> Dataset:
     train, test, classes, checksum, stats = cached
+    _check_known_size(path, classes, train[0], test[0])
     name = _image_folder_name(path, classes)
     return _make_dataset(name, train, test, classes, path, checksum, stats)
 
@@ -564,6 +640,7 @@ def _image_dataset(
     if cached is not None:
         return _cached_dataset(path, cached)
     train, test, classes = _decode_images(files(), path, progress)
+    _check_known_size(path, classes, train[0], test[0])  # before anything is cached
     checksum = None if path.is_dir() else key  # a folder is identified by its arrays
     dataset = _make_dataset(_image_folder_name(path, classes), train, test, classes, path, checksum)
     _save_cache(cache, dataset)

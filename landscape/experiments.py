@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from landscape import report as run_report
-from landscape.results import LOCK_FILE, read_rows
+from landscape.files import atomic_write_text
+from landscape.results import LOCK_FILE, read_rows, repair_tail
 
 PLAN_FILE = "experiment.json"
 LOG_FILE = "experiment.jsonl"
@@ -277,6 +278,7 @@ def continue_command(args: Sequence[str]) -> list[str]:
 
 
 def _log(out: Path, row: dict[str, Any]) -> None:
+    repair_tail(out / LOG_FILE)  # a runner killed mid-append: the next row starts its own line
     with open(out / LOG_FILE, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
@@ -306,7 +308,7 @@ def run_experiment(
         "values": values,
         "steps": [{"name": s.name, "run": list(s.run)} for s in steps],
     }
-    (out / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n")
+    atomic_write_text(out / PLAN_FILE, json.dumps(plan, indent=2) + "\n")
     finished, started = finished_steps(out), _started_steps(out)
     rows = []
     for number, step in enumerate(steps, 1):
@@ -396,6 +398,5 @@ def write_combined_report(out: str | os.PathLike, title: str = "", description: 
                 f"<figcaption>{html.escape(png.stem)}</figcaption></figure>"
             )
     parts.append("</body></html>")
-    path = out / REPORT_FILE
-    path.write_text("\n".join(parts))
-    return path
+    # Whole or not at all: a full disk never leaves a truncated page that looks finished.
+    return atomic_write_text(out / REPORT_FILE, "\n".join(parts))

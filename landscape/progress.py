@@ -6,8 +6,8 @@ from typing import Any
 
 
 def progress_bar(*middle: str, name: str = "{task.description:<12}", **options: Any):
-    """Returns a rich ``Progress``: name, bar, done/total, the ``middle`` text columns (rich
-    format strings such as ``"{task.fields[rate]}"``), elapsed and remaining time.
+    """Returns a rich ``Progress``: name, bar, done/total, the ``middle`` text columns (format
+    strings such as ``"{task.fields[rate]}"``, shown literally), elapsed and remaining time.
 
     ``options`` go to ``rich.progress.Progress`` (``console=...``); refreshed 4 times a second.
     Use it as a context manager around the work.
@@ -21,11 +21,12 @@ def progress_bar(*middle: str, name: str = "{task.description:<12}", **options: 
         TimeRemainingColumn,
     )
 
+    # Names and fields are user text (variants, files): shown literally, never read as markup.
     return Progress(
-        TextColumn(f"[bold]{name}"),
+        TextColumn(name, style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        *(TextColumn(text) for text in middle),
+        *(TextColumn(text, markup=False) for text in middle),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         refresh_per_second=options.pop("refresh_per_second", 4),
@@ -43,9 +44,12 @@ class _NoBar:
 
 class _Bar:
     def __init__(self, total: int | None, description: str):
-        from rich.progress import Progress
+        from rich.progress import Progress, TextColumn
 
-        self._progress = Progress(transient=True)
+        # Rich's default columns, with the description (a file name) shown literally.
+        columns = Progress.get_default_columns()[1:]
+        text = TextColumn("{task.description}", style="progress.description", markup=False)
+        self._progress = Progress(text, *columns, transient=True)
         self._task = self._progress.add_task(description, total=total)
 
     def __enter__(self):

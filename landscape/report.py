@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from landscape import __version__, plots
+from landscape.files import atomic_write_text
 from landscape.results import (
     divergence_line,
     load,
@@ -341,8 +342,7 @@ def write_report(run_dir: str | os.PathLike, path: str | os.PathLike | None = No
     """
     out = Path(path) if path is not None else Path(run_dir) / REPORT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(run_dir), encoding="utf-8")
-    return out
+    return atomic_write_text(out, render_report(run_dir))
 
 
 def surface_section(run_dir: str | os.PathLike) -> list[str]:

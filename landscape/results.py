@@ -11,17 +11,30 @@ Layout of a run directory::
 Rows are appended as they are produced, flushed before each checkpoint, so a killed run keeps
 every row up to its last checkpoint. Non-finite numbers are written as ``NaN``/``Infinity``
 (Python's JSON dialect, which pandas and ``json.loads`` read back).
+
+Damage is never silent (docs/robustness.md): a torn last line, left by a crash mid-append, is
+cut off before the next append so no row is glued onto it; a damaged line elsewhere is reported
+with its file and line number whenever it is read, and kept in the file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from landscape.files import atomic_open
+
+
+class DamagedRecordWarning(UserWarning):
+    """A record file had a damaged line (kept, left out of what is read) or a torn last line
+    (cut off before the next append)."""
+
 
 LOCK_FILE = ".lock"  # a run directory's advisory lock (landscape.rundir.run_dir_lock)
 DIVERGED_FILE = "diverged.json"  # a variant whose training loss became non-finite
@@ -36,6 +49,7 @@ class RecordWriter:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_tail(self.path)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -65,41 +79,127 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _parse(line: bytes) -> dict[str, Any] | None:
+    """Returns the row a line holds, or None when it is not a JSON object."""
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _scan(path: Path) -> tuple[list[tuple[int, bytes, dict[str, Any] | None]], bytes]:
+    """Returns a JSON Lines file's complete lines as (line number from 1, bytes, row or None
+    when damaged), blank lines left out, and its unterminated last line (b"" if none)."""
+    body, _, tail = path.read_bytes().rpartition(b"\n")
+    lines = [
+        (number, line, _parse(line))
+        for number, line in enumerate(body.split(b"\n"), 1)
+        if line and not line.isspace()
+    ]
+    return lines, tail
+
+
+# A command reads a file several times (summary, figures, report): each damaged line is reported
+# once per process, by file, line number and content.
+_reported: set[tuple[str, int, bytes]] = set()
+
+
+def _report_damaged(path: Path, lines: list[tuple[int, bytes, dict[str, Any] | None]]) -> None:
+    for number, line, _ in (entry for entry in lines if entry[2] is None):
+        key = (str(path.absolute()), number, line)
+        if key in _reported:
+            continue
+        _reported.add(key)
+        warnings.warn(
+            f"{path} line {number} is damaged (not a JSON record); it is left out here and kept "
+            "in the file: repair or delete that line",
+            DamagedRecordWarning,
+            stacklevel=3,
+        )
+
+
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Returns the rows of a JSON Lines file; a torn last line (a killed write) is skipped."""
+    """Returns the rows of a JSON Lines file ([] when it does not exist).
+
+    A damaged line is left out with a warning naming the file and line number; it stays in the
+    file. An unterminated last line is a write in progress or one a crash cut short: it is not a
+    row yet (unless only its newline is missing), and the next ``RecordWriter`` repairs it.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
+    lines, tail = _scan(path)
+    _report_damaged(path, lines)
+    rows = [row for _, _, row in lines if row is not None]
+    last = _parse(tail) if tail.strip() else None
+    return rows if last is None else [*rows, last]
+
+
+def _warn_torn(path: Path, size: int) -> None:
+    warnings.warn(
+        f"{path}: cut off a torn last line ({size} bytes that an interrupted write left)",
+        DamagedRecordWarning,
+        stacklevel=3,
+    )
+
+
+def repair_tail(path: str | os.PathLike) -> None:
+    """Makes a JSON Lines file end with a complete line, so an append starts a line of its own.
+
+    A torn last line (an append cut short by a crash) is cut off, with a warning naming the file;
+    a last row that lacks only its newline gets it. A missing or empty file is left alone.
+    """
+    path = Path(path)
+    try:
+        f = open(path, "r+b")  # noqa: SIM115 (closed by the with below)
+    except FileNotFoundError:
+        return
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        start = end  # of the last line: search backwards, a block at a time, for its newline
+        while start > 0:
+            block = max(0, start - (1 << 16))
+            f.seek(block)
+            found = f.read(start - block).rfind(b"\n")
+            start = block if found < 0 else block + found + 1
+            if found >= 0:
+                break
+        f.seek(start)
+        if _parse(f.read()) is not None:
+            f.write(b"\n")
+            return
+        f.truncate(start)
+    _warn_torn(path, end - start)
 
 
 def truncate_rows(path: str | os.PathLike, keep: Callable[[dict[str, Any]], bool]) -> int:
     """Rewrites a JSON Lines file atomically with only the rows ``keep`` accepts.
 
     Used on resume: rows past the checkpoint a run restarts from are dropped, so the rerun
-    steps are not recorded twice. Returns the number of rows kept.
+    steps are not recorded twice. Kept rows are written back byte for byte. A damaged line is
+    never deleted: it is reported and written back where it was, since its step is unknown. A
+    torn last line is cut off as ``repair_tail`` does. Returns the number of rows kept.
     """
     path = Path(path)
-    rows = [row for row in read_rows(path) if keep(row)]
     if not path.exists():
         return 0
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return len(rows)
+    lines, tail = _scan(path)
+    _report_damaged(path, lines)
+    last = _parse(tail) if tail.strip() else None
+    if last is not None:
+        lines.append((len(lines) + 1, tail, last))
+    elif tail.strip():
+        _warn_torn(path, len(tail))
+    kept = [(line, row) for _, line, row in lines if row is None or keep(row)]
+    with atomic_open(path, "wb") as f:
+        f.writelines(line + b"\n" for line, _ in kept)
+    return sum(row is not None for _, row in kept)
 
 
 def variants(run_dir: str | os.PathLike) -> list[str]:

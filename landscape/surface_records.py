@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from landscape.results import RecordWriter, read_rows, truncate_rows
+from landscape.results import RecordWriter, read_rows
 from landscape.results import variants as run_variants
 
 SURFACES_DIR = "surfaces"
@@ -80,9 +80,6 @@ def open_record(path: Path, header: dict[str, Any], *, overwrite: bool = False) 
                 f"{path} was made with other settings ({diff}); pass --overwrite to replace it "
                 "or --name to keep both"
             )
-        if not path.read_bytes().endswith(b"\n"):
-            # A killed write left a torn last line: drop it, or the next row would be glued on.
-            truncate_rows(path, lambda row: True)
         done: set[int] = set()
         for row in rows[1:]:
             done.update(int(p) for p in row.get("points", ()))

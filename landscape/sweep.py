@@ -30,6 +30,7 @@ from landscape.config import (
     setting_name,
 )
 from landscape.data import load_dataset
+from landscape.files import atomic_open
 from landscape.results import DIVERGED_FILE, METRICS_FILE, load, load_metrics, read_rows
 from landscape.summary import median_finite
 
@@ -282,9 +283,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """Writes ``rows`` (dicts with the same keys) as CSV; None becomes an empty cell."""
     if not rows:
         return
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)

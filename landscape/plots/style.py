@@ -17,6 +17,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import LogFormatter
 
+from landscape.files import atomic_open
+
 Records = dict[str, dict[str, np.ndarray]]
 
 
@@ -273,6 +275,7 @@ def save_figure(
             metadata = {"CreationDate": None, "ModDate": None}
         elif fmt == "svg":
             metadata = {"Date": None}
-        fig.savefig(path, format=fmt, dpi=150, metadata=metadata)
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format=fmt, dpi=150, metadata=metadata)
         paths.append(path)
     return paths

@@ -1,9 +1,13 @@
 """The `landscape` command end to end: help, errors as one line with exit 2, a smoke run."""
 
+import io
 import subprocess
 import sys
+import tarfile
 
+import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from landscape.app.cli import app
@@ -95,3 +99,32 @@ def test_bias_example_command(tmp_path):
     assert (tmp_path / "bias_example.png").stat().st_size > 0
     assert "stop_gradient" in result.output and "full_gradient" in result.output
     assert invoke("bias-example", "--steps", "0").exit_code == 2
+
+
+def test_a_cut_archive_in_a_bracketed_folder_is_one_literal_line(tmp_path, monkeypatch):
+    """Rich markup used to eat "[final]" from the path; tarfile used to stop quietly at the cut
+    and the message then blamed the class folders."""
+    folder = tmp_path / "run[final]"
+    for split, count in (("train", 3), ("test", 2)):
+        for name in ("cat", "dog"):
+            (folder / "imgs" / split / name).mkdir(parents=True)
+            for k in range(count):
+                image = Image.fromarray(np.full((32, 32, 3), 10 * k, np.uint8))
+                image.save(folder / "imgs" / split / name / f"{k}.png")
+    whole = io.BytesIO()
+    with tarfile.open(fileobj=whole, mode="w") as tar:
+        tar.add(folder / "imgs", arcname="imgs")
+    with tarfile.open(fileobj=io.BytesIO(whole.getvalue())) as tar:
+        last = tar.getmembers()[-1].offset
+    (folder / "x.tar").write_bytes(whole.getvalue()[:last])  # cut at the last member
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LANDSCAPE_CACHE", str(cache))
+    result = invoke(
+        "probe", "--data", folder / "x.tar", "--preset", "smoke", "--out", tmp_path / "r"
+    )
+    assert result.exit_code == 2, result.output
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith(f"error: {folder}/x.tar: the archive is incomplete or damaged after")
+    assert "Traceback" not in result.output and not list(cache.glob("images-*"))
+    result = invoke("summary", folder)
+    assert result.exit_code == 2 and f"{folder}" in result.output, result.output

@@ -1,13 +1,17 @@
 """Real CIFAR-10 ($LANDSCAPE_CIFAR_JPEG): the JPEG archive loads whole, with the known
-statistics, and the second load comes from the cache."""
+statistics, and the second load comes from the cache; a cut copy is refused."""
 
+import gzip
+import io
+import tarfile
 import time
 
 import numpy as np
+import pytest
 from helpers import require_real_cifar_jpeg
 
 from landscape import data
-from landscape.data import load_dataset
+from landscape.data import DataError, load_dataset
 
 
 def test_real_cifar10_jpeg(tmp_path_factory):
@@ -35,3 +39,16 @@ def test_real_cifar10_jpeg(tmp_path_factory):
     np.testing.assert_array_equal(again.train_images, ds.train_images)
     np.testing.assert_array_equal(again.test_labels, ds.test_labels)
     assert again.checksum == ds.checksum
+
+
+def test_real_archive_cut_at_a_member_boundary_is_refused(tmp_path):
+    """The archive decompressed to a plain .tar and cut after its 59,000th member: tarfile stops
+    there quietly, and the images before it used to be trained on and cached as the data set."""
+    raw = gzip.decompress(require_real_cifar_jpeg().read_bytes())
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        offsets = [m.offset for m in tar]
+    cut = tmp_path / "cifar10-cut.tar"
+    cut.write_bytes(raw[: offsets[59_000]])
+    with pytest.raises(DataError, match="incomplete or damaged after 59,000 members") as err:
+        load_dataset(str(cut), cache_dir=tmp_path / "cache", progress=False)
+    assert "\n" not in str(err.value) and not (tmp_path / "cache").exists()

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from landscape.analyses.ics import record_ics
-from landscape.results import ICS_FILE, load_ics, read_rows
+from landscape.results import ICS_FILE, DamagedRecordWarning, load_ics, read_rows
 
 
 def test_record_ics_matches_the_saved_next_checkpoint(keep_all_run):
@@ -57,6 +57,14 @@ def test_ics_command(keep_all_run):
     again = runner.invoke(app, args)  # everything is done: nothing is appended
     assert again.exit_code == 0, again.output
     assert path.read_text().count("\n") == lines
+    # Killed while appending step 6's row: the rerun cuts the torn line off, measures step 6
+    # again and appends it whole (glued onto the fragment, the row used to be lost).
+    whole = path.read_text()
+    path.write_text(whole[: -len(whole.splitlines()[-1]) // 2])
+    with pytest.warns(DamagedRecordWarning, match="cut off a torn last line"):
+        torn = runner.invoke(app, args)
+    assert torn.exit_code == 0, torn.output
+    assert path.read_text() == whole
     records = load_ics(keep_all_run)["batchnorm"]
     assert set(records) >= {2, 9} and records[9]["name"] == "classifier"
     np.testing.assert_array_equal(records[2]["step"], [0, 3, 6])

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "landscape"
 CORE = {
     "config", "data", "models", "norms", "bn_math", "probe", "curvature", "ics", "activations",
     "surfaces", "surface_records", "mesh", "train", "sharding", "checkpoints", "results",
-    "summary", "progress", "network", "equinox_network", "plugins", "user_data",
+    "summary", "progress", "network", "equinox_network", "plugins", "user_data", "files",
 }  # fmt: skip
 WORKFLOWS = {
     "rundir", "runs", "analyses", "analyses.hessian", "analyses.ics", "analyses.activations",

@@ -1,6 +1,7 @@
 """Data loaders: the binary format, image folders, resolution, download, batches, synthetic
 (real CIFAR-10: integration/test_data_real.py)."""
 
+import gzip
 import hashlib
 import io
 import tarfile
@@ -280,6 +281,90 @@ def test_unsafe_archives_are_refused(tmp_path, member):
         load_dataset(str(evil), cache_dir=tmp_path / "c", progress=False)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "evil").exists() and not list(tmp_path.glob("c/*"))
+
+
+# --- archives are read whole or refused --------------------------------------------------------
+
+
+def member_blocks(raw):
+    """Returns the header offsets of a plain tar's members, and where its end marker starts."""
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        members = tar.getmembers()
+    last = members[-1]
+    return [m.offset for m in members], last.offset_data + -(-last.size // 512) * 512
+
+
+def cuts(raw):
+    """Returns ways to cut a plain tar short: where a crash, a full disk or a partial download
+    could stop it, named for the test ids."""
+    offsets, end = member_blocks(raw)
+    return {
+        "member boundary": raw[: offsets[-3]],
+        "mid member": raw[: offsets[-3] + 512 + 100],
+        "mid header": raw[: offsets[-3] + 100],
+        "no end marker": raw[:end],
+        "half an end marker": raw[: end + 512],
+    }
+
+
+def image_tar(tmp_path):
+    root = tmp_path / "imgs"
+    write_image_folder(root)
+    return make_tar(tmp_path, root, "images.tar").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "cut", ["member boundary", "mid member", "mid header", "no end marker", "half an end marker"]
+)
+def test_a_cut_plain_tar_is_refused_and_never_cached(tmp_path, cut):
+    """tarfile alone stops quietly at a missing or cut header: the images before it used to be
+    taken (and cached) as the whole set, or the message blamed the class folders."""
+    archive = tmp_path / "cut.tar"
+    archive.write_bytes(cuts(image_tar(tmp_path))[cut])
+    with pytest.raises(DataError, match=r"cut\.tar: the archive is incomplete or damaged") as err:
+        load_dataset(str(archive), cache_dir=tmp_path / "cache", progress=False)
+    assert "\n" not in str(err.value) and "class folders" not in str(err.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_damaged_tar_or_tar_gz_is_refused(tmp_path, binary_folder):
+    folder, _ = binary_folder
+    raw = make_tar(tmp_path, folder, "whole.tar").read_bytes()
+    offsets, _ = member_blocks(raw)
+    damaged = bytearray(raw)
+    damaged[offsets[-2] + 10] ^= 0xFF  # a byte of a header's name: its checksum fails
+    packed = gzip.compress(raw, mtime=0)
+    crc = len(packed) - 8  # gzip ends with the CRC-32 of the data, then its length
+    archives = {
+        "header.tar": bytes(damaged),
+        "header.tar.gz": gzip.compress(bytes(damaged), mtime=0),
+        "cut.tar.gz": packed[: len(packed) // 2],
+        "no-trailer.tar.gz": packed[:-8],
+        "bad-crc.tar.gz": packed[:crc] + bytes([packed[crc] ^ 1]) + packed[crc + 1 :],
+        "boundary.tar": raw[: offsets[-2]],  # test_batch.bin was "missing"
+    }
+    for name, blob in archives.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(DataError, match="incomplete or damaged") as err:
+            load_dataset(str(tmp_path / name), cache_dir=tmp_path / "cache", progress=False)
+        assert name in str(err.value) and "\n" not in str(err.value)
+    (tmp_path / "whole.tar.gz").write_bytes(packed)
+    assert load_dataset(str(tmp_path / "whole.tar.gz")).train_images.shape[0] == 100
+
+
+def test_cifar10_classes_with_fewer_images_than_cifar10_are_refused(tmp_path, monkeypatch):
+    root = tmp_path / "partial"
+    write_image_folder(root, classes=data.CIFAR10_CLASSES)  # 3 train, 2 test images per class
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match=r"30 training and 20 test images in CIFAR-10's classes"):
+        load_dataset(str(root), cache_dir=cache, progress=False)
+    assert not cache.exists()
+    monkeypatch.setattr(data, "CIFAR10_SIZES", {"train": 30, "test": 20})
+    ds = load_dataset(str(root), cache_dir=cache, progress=False)
+    assert ds.name == "cifar10 (image folder: partial)" and len(list(cache.glob("*.npz"))) == 1
+    monkeypatch.setattr(data, "CIFAR10_SIZES", {"train": 31, "test": 20})
+    with pytest.raises(DataError, match="a partial copy"):  # a cached partial set is no better
+        load_dataset(str(root), cache_dir=cache, progress=False)
 
 
 # --- resolution ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from landscape.config import RunConfig
 
@@ -25,18 +26,27 @@ app = typer.Typer(
 )
 
 
-console = Console(soft_wrap=True)
+# What the command prints holds user text (paths, names, messages from files and libraries): it
+# prints literally, never read as markup or emoji codes ("run[final]/x.tar" stays whole). Styles
+# are given as rich Text.
+console = Console(soft_wrap=True, markup=False, emoji=False)
 
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, markup=False, emoji=False)
 
 
 class CliError(Exception):
     """A bad argument: printed as one line, exit code 2."""
 
 
+def error_line(message: str) -> Text:
+    """Returns ``error: MESSAGE`` with the message as it is (no markup read in it)."""
+    return Text.assemble(("error:", "bold red"), " ", message)
+
+
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Prints ``error: MESSAGE`` on stderr, literally, and exits with ``code``."""
+    err_console.print(error_line(message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -19,6 +19,7 @@ from landscape.app.cli.common import (
     print_summary,
 )
 from landscape.app.cli.options import SeedOpt
+from landscape.files import atomic_write_text
 
 
 @app.command()
@@ -91,7 +92,7 @@ def bias_example_command(
     out.mkdir(parents=True, exist_ok=True)
     paths = save_figure(bias_example_figure(results), out / "bias_example")
     summary = {mode: {k: v.tolist() for k, v in r.items()} for mode, r in results.items()}
-    (out / "bias_example.json").write_text(json.dumps(summary) + "\n")
+    atomic_write_text(out / "bias_example.json", json.dumps(summary) + "\n")
     for mode, r in results.items():
         console.print(
             f"{mode}: ||b|| {r['b_norm'][0]:.3g} -> {r['b_norm'][-1]:.3g}, loss "

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from landscape.app import runtime
 from landscape.app.cli.common import (
@@ -133,7 +134,7 @@ def _run_command(
     run_dir = resume or out or default_run_dir(config)
     validate(config)
     runtime.prepare_compute()
-    console.print(f"run directory: [bold]{run_dir}[/]", highlight=False)
+    console.print(Text.assemble("run directory: ", (str(run_dir), "bold")), highlight=False)
     try:
         reports = run(
             config,

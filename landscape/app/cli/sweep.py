@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from landscape.app import runtime
 from landscape.app.cli.common import CliError, app, console, fail, format_number, parse_devices
@@ -176,7 +177,7 @@ def _run_sweep(where: Path, base, axes, probe_enabled: bool, progress: bool, dev
     from landscape.sweep import SweepError, run_sweep
 
     runtime.prepare_compute()
-    console.print(f"sweep directory: [bold]{where}[/]", highlight=False)
+    console.print(Text.assemble("sweep directory: ", (str(where), "bold")), highlight=False)
 
     def announce(index: int, total: int, name: str, status: str) -> None:
         what = {"done": "done, skipped", "partial": "resuming", "new": "running"}[status]
@@ -215,7 +216,10 @@ def _run_parallel_sweep(
     from landscape.progress import progress_bar
     from landscape.sweep import SweepError
 
-    console.print(f"sweep directory: [bold]{where}[/], {parallel} workers", highlight=False)
+    console.print(
+        Text.assemble("sweep directory: ", (str(where), "bold"), f", {parallel} workers"),
+        highlight=False,
+    )
     bar = progress_bar("{task.fields[info]}", console=console) if progress else nullcontext()
     with bar:
         overall = bar.add_task("sweep", total=None, info="configurations") if progress else None
@@ -237,8 +241,11 @@ def _run_parallel_sweep(
                     console.print(f"{head}: finished in {event.seconds:.1f} s", highlight=False)
                 else:
                     console.print(
-                        f"[bold red]{event.name}: FAILED[/] after {event.seconds:.1f} s "
-                        f"(exit code {event.returncode}): {event.message}; log: {event.log}",
+                        Text.assemble(
+                            (f"{event.name}: FAILED", "bold red"),
+                            f" after {event.seconds:.1f} s (exit code {event.returncode}): "
+                            f"{event.message}; log: {event.log}",
+                        ),
                         highlight=False,
                     )
             if progress:
