@@ -18,8 +18,10 @@ from landscape.config import RunConfig
 app = typer.Typer(
     help=(
         "Measure why an optimiser finds a network easy or hard to train: train VGG networks with "
-        "and without BatchNorm, checkpoint every step, and probe the loss landscape along the "
-        "gradient (Santurkar et al. 2018, 'How Does Batch Normalization Help Optimization?')."
+        "and without BatchNorm, or your own (--model package.module:factory), checkpoint every "
+        "step, and probe the loss landscape along the gradient (Santurkar et al. 2018, 'How "
+        "Does Batch Normalization Help Optimization?'); then curvature, internal covariate "
+        "shift, surfaces, sweeps, figures, reports and TensorBoard logs from the run directory."
     ),
     no_args_is_help=True,
     add_completion=False,
