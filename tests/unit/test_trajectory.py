@@ -178,3 +178,142 @@ def test_auto_axes_cover_the_path_and_the_origin():
     assert lo_a < 0 < 10 < hi_a and lo_b < -0.5 < 1.0 < hi_b
     assert hi_a - lo_a == pytest.approx(15.0)  # 10 widened by a quarter on each side
     assert hi_b - lo_b == pytest.approx(7.5)  # at least half as wide as the widest
+
+
+# --- the workflow on a tiny run ----------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture
+def path_run(keep_all_run, tmp_path):
+    """A copy of the 6-step BatchNorm run with every checkpoint kept (records are written into
+    it, and one test damages a checkpoint)."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(keep_all_run, run_dir)
+    return run_dir
+
+
+def _flat_checkpoints(run_dir, steps, ignore="biases-and-bn"):
+    from landscape.checkpoints import Checkpointer
+    from landscape.data import synthetic_dataset
+    from landscape.rundir import load_config
+    from landscape.runs import Trainer
+
+    config = load_config(run_dir)
+    trainer = Trainer(config, "batchnorm", synthetic_dataset())
+    template = trainer.initial_state()
+    flat = Flattener(template.params, ignore=ignore)
+    with Checkpointer(run_dir / "batchnorm" / "checkpoints") as ckpt:
+        states = [ckpt.restore(s, template) for s in steps]
+    return trainer, states, np.stack([flat.flatten(s.params, np.float64) for s in states])
+
+
+def test_trajectory_records_resume_and_the_path_ends_at_the_origin(path_run):
+    from landscape import surface_records as records
+    from landscape.analyses.pictures import GridOptions
+    from landscape.analyses.trajectory import trajectory
+    from landscape.data import synthetic_dataset
+    from landscape.train import step_batch
+
+    dataset = synthetic_dataset()
+    tasks = []
+
+    def run(name, stop_after=None, **kw):
+        def on_progress(task, done, total):
+            tasks.append((task, done, total))
+            if stop_after is not None and task == "batchnorm" and done >= stop_after:
+                raise Interrupted
+
+        kw = {"points": 3, "options": GridOptions(chunk=2), **kw}
+        paths = trajectory(path_run, name=name, dataset=dataset, on_progress=on_progress, **kw)
+        return records.load_record(paths["batchnorm"])
+
+    full = run("full")
+    header = full["header"]
+    assert header["kind"] == "trajectory" and full["done"] == 9
+    info = header["info"]
+    assert info["path"]["steps"] == list(range(7)) and info["pca_passes"] == 2
+    assert info["path"]["a"][-1] == 0.0 and info["path"]["b"][-1] == 0.0  # x_final
+    assert abs(info["direction_cosine"]) < 1e-5 and info["direction_norms"] == pytest.approx(
+        [1.0, 1.0], rel=1e-5
+    )
+    # Against the exact PCA of x_t - x_final over the 7 checkpoints (7 rows < the sketch: exact).
+    trainer, states, flat = _flat_checkpoints(path_run, range(7))
+    rows = flat - flat[-1]
+    s, vt, squares = exact_pca(rows)
+    np.testing.assert_allclose(info["explained_variance_ratio"], s[:2] ** 2 / squares, rtol=1e-4)
+    coords = np.stack([info["path"]["a"], info["path"]["b"]], axis=1)
+    np.testing.assert_allclose(np.abs(coords), np.abs(rows @ vt[:2].T), rtol=1e-4, atol=1e-6)
+    # The grid covers the path and the origin.
+    for axis, values in zip(full["axes"], coords.T, strict=True):
+        assert axis[0] < min(values.min(), 0) and axis[-1] > max(values.max(), 0)
+    assert (path_run / "batchnorm" / "surfaces" / "full.pca.npz").exists()
+
+    # Interrupted after its first chunk, then run again: only the rest, and the same numbers.
+    tasks.clear()
+    with pytest.raises(Interrupted):
+        run("cut", stop_after=2)
+    assert records.load_record(path_run / "batchnorm" / "surfaces" / "cut.jsonl")["done"] == 2
+    tasks.clear()
+    resumed = run("cut")
+    assert not [t for t in tasks if "PCA" in t[0]]  # the directions were kept: no pass again
+    assert tasks[0] == ("batchnorm", 2, 9)  # the kept chunk is not evaluated again
+    assert resumed["done"] == 9
+    np.testing.assert_array_equal(resumed["loss"], full["loss"])
+    np.testing.assert_array_equal(resumed["accuracy"], full["accuracy"])
+    assert resumed["header"]["info"]["path"] == info["path"]
+
+    # Other settings under the same name: refused before any checkpoint is read.
+    tasks.clear()
+    with pytest.raises(records.SurfaceError, match=r"other settings \(checkpoints 7 -> 4"):
+        run("full", every=2)
+    assert not tasks
+
+    # The grid's centre is x_final itself: the loss of the final checkpoint on its own batch.
+    fixed = run("fixed", grid=(-0.5, 0.5, 3))
+    final = states[-1]
+    batch = step_batch(final, trainer.train_source(6))
+    expected = float(trainer.loss_fn(final.params, final.batch_stats, batch)[0])
+    assert fixed["loss"][1, 1] == pytest.approx(expected, rel=1e-5)
+    assert fixed["header"]["settings"]["range"] == [-0.5, 0.5, 3]
+
+
+def test_a_damaged_checkpoint_is_left_out_and_filter_normalised_directions(path_run):
+    from landscape import surface_records as records
+    from landscape.analyses.trajectory import trajectory
+    from landscape.checkpoints import STATE_FILE, DamagedCheckpointWarning
+    from landscape.data import synthetic_dataset
+
+    state_file = path_run / "batchnorm" / "checkpoints" / "3" / STATE_FILE
+    state_file.write_bytes(state_file.read_bytes()[:100])
+    with pytest.warns(DamagedCheckpointWarning, match="step 3 left out"):
+        paths = trajectory(
+            path_run, points=2, filter_normalize=True, every=1, dataset=synthetic_dataset()
+        )
+    info = records.load_record(paths["batchnorm"])["header"]["info"]
+    assert info["path"]["steps"] == [0, 1, 2, 4, 5, 6] and info["skipped_steps"] == [3]
+    assert info["pca_passes"] == 3  # the projection on the rescaled directions is a third pass
+    assert info["path"]["a"][-1] == 0.0 and info["path"]["b"][-1] == 0.0
+    # Each filter of each direction has the norm of x_final's filter there.
+    _, states, _ = _flat_checkpoints(path_run, [6])
+    final = states[0].params
+    flat = Flattener(final)
+    with np.load(path_run / "batchnorm" / "surfaces" / "trajectory.pca.npz") as saved:
+        directions = saved["directions"]
+    for row in directions:
+        tree = flat.unflatten(row)
+        for d, w in zip(jax.tree.leaves(tree), jax.tree.leaves(final), strict=True):
+            d, w = np.asarray(d, np.float64), np.asarray(w, np.float64)
+            if w.ndim < 2:
+                assert np.all(d == 0)  # biases and BatchNorm parameters are left out
+                continue
+            np.testing.assert_allclose(
+                np.linalg.norm(d.reshape(-1, w.shape[-1]), axis=0),
+                np.linalg.norm(w.reshape(-1, w.shape[-1]), axis=0),
+                rtol=1e-4,
+            )
