@@ -317,3 +317,40 @@ def test_a_damaged_checkpoint_is_left_out_and_filter_normalised_directions(path_
                 np.linalg.norm(w.reshape(-1, w.shape[-1]), axis=0),
                 rtol=1e-4,
             )
+
+
+def test_figure_draws_the_path_with_its_ends_and_labels_the_axes_with_the_variance(tmp_path):
+    import json
+
+    from landscape import plots
+    from landscape import surface_records as records
+    from landscape.report import surface_section
+    from landscape.results import RecordWriter
+
+    (tmp_path / "config.json").write_text(json.dumps({"variants": ["standard", "batchnorm"]}))
+    axes = [[-1.0, 3.0, 5], [-1.0, 1.0, 3]]
+    a, b = records.grid_coords(axes).T
+    for variant, ratios in (("standard", [0.8, 0.15]), ("batchnorm", [0.995, 0.004])):
+        path = records.record_path(tmp_path, variant, "t")
+        info = {
+            "explained_variance_ratio": ratios,
+            "path": {"steps": [0, 5, 10], "a": [2.5, 1.0, 0.0], "b": [0.5, -0.2, 0.0]},
+        }
+        settings = {"mode": "train", "batches": 1, "accuracy": False}
+        header = {"kind": "trajectory", "settings": settings, "axes": axes, "info": info}
+        records.open_record(path, header)
+        with RecordWriter(path) as writer:
+            writer.write([{"points": list(range(15)), "loss": (1.0 + a**2 + b**2).tolist()}])
+    figures = plots.surface_figures(tmp_path)
+    assert list(figures) == ["trajectory_t"]
+    panels = figures["trajectory_t"].axes
+    assert [ax.get_title() for ax in panels] == ["Standard", "Standard + BatchNorm"]
+    assert panels[0].get_xlabel() == "1st PC: 80.00 %"
+    assert panels[1].get_ylabel() == "2nd PC: 0.40 %"
+    path_line, start, end = panels[0].lines[:3]
+    np.testing.assert_array_equal(path_line.get_xdata(), [2.5, 1.0, 0.0])
+    assert (start.get_xdata()[0], start.get_marker()) == (2.5, "o")
+    assert (end.get_xdata()[0], end.get_ydata()[0], end.get_marker()) == (0.0, 0.0, "*")
+    assert {t.get_text() for t in panels[0].texts} >= {"step 0 (init)", "step 10 (final)"}
+    caption = surface_section(tmp_path)[-1]
+    assert "standard 80.0% and 15.0%; batchnorm 99.5% and 0.4%" in caption
