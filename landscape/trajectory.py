@@ -57,33 +57,76 @@ class PathPCA:
     passes: int
 
 
+# Parameters per slice of the (p, l) products: their temporaries stay this many rows, not p.
+_SLICE = 1 << 18
+
+
+def _slices(size: int) -> Iterator[slice]:
+    for start in range(0, size, _SLICE):
+        yield slice(start, min(start + _SLICE, size))
+
+
 def _blocks(rows: Iterable[np.ndarray], block: int, dtype: np.dtype) -> Iterator[np.ndarray]:
-    """Yields the rows stacked ``block`` at a time as (b, p) arrays of ``dtype``; only one
-    block is alive at a time (the caller's generator may free each row once it is stacked)."""
-    buffer: list[np.ndarray] = []
-    size = None
+    """Yields the rows ``block`` at a time as (b, p) arrays of ``dtype``.
+
+    Every block is the same buffer, refilled: the caller is done with one block before it asks
+    for the next, and a row can be freed by its producer as soon as it is copied in.
+    """
+    buffer: np.ndarray | None = None
+    filled = 0
     for row in rows:
         row = np.asarray(row).reshape(-1)
-        if size is None:
-            size = row.size
-        elif row.size != size:
-            raise ValueError(f"rows differ in length: {row.size} after {size}")
-        buffer.append(row)
-        if len(buffer) == block:
-            out = np.stack(buffer).astype(dtype, copy=False)
-            buffer.clear()
-            yield out
-    if buffer:
-        out = np.stack(buffer).astype(dtype, copy=False)
-        buffer.clear()
-        yield out
+        if buffer is None:
+            buffer = np.empty((block, row.size), dtype)
+        elif row.size != buffer.shape[1]:
+            raise ValueError(f"rows differ in length: {row.size} after {buffer.shape[1]}")
+        buffer[filled] = row
+        filled += 1
+        del row
+        if filled == block:
+            yield buffer
+            filled = 0
+    if buffer is not None and filled:
+        yield buffer[:filled]
 
 
-def _orthonormal_basis(y: np.ndarray) -> np.ndarray:
-    """Returns an orthonormal basis (p, m) of the columns of ``y`` (reduced QR); columns beyond
-    y's rank are orthonormal too, which only widens the subspace."""
-    q, _ = np.linalg.qr(y, mode="reduced")
-    return q
+def _orthonormalize(y: np.ndarray) -> np.ndarray:
+    """Returns an orthonormal basis of the rows of ``y`` (l, p), written over them: an (r, p)
+    view of ``y`` (r <= l). Nothing of y's size is allocated.
+
+    Twice: the Gram matrix ``Y Y^T`` in float64, its eigendecomposition ``V diag(lam) V^T``, and
+    ``Y <- lam^(-1/2) V^T Y`` a slice of columns at a time (the second round restores the
+    orthogonality the first loses to the squared condition number, as in Cholesky-QR2).
+    Directions with less than 1e-12 of the largest eigenvalue (singular values below 1e-6 of
+    the largest) carry nothing of the rows and are dropped.
+    """
+    r = y.shape[0]
+    for _ in range(2):
+        gram = np.zeros((r, r))
+        for s in _slices(y.shape[1]):
+            part = y[:r, s].astype(np.float64)
+            gram += part @ part.T
+        lam, vec = np.linalg.eigh(gram)
+        lam, vec = lam[::-1], vec[:, ::-1]  # largest first
+        if not lam.size or lam[0] <= 0:
+            raise ValueError("the rows do not vary: the path has no direction")
+        keep = lam > lam[0] * 1e-12
+        m = (vec[:, keep] / np.sqrt(lam[keep])).T  # (new r, r)
+        for s in _slices(y.shape[1]):
+            y[: len(m), s] = m @ y[:r, s].astype(np.float64)
+        r = len(m)
+    return y[:r]
+
+
+def _accumulate(y: np.ndarray, left: np.ndarray, vb: np.ndarray, work: np.ndarray) -> None:
+    """``y += left @ vb`` for ``left`` (l, b) and a block ``vb`` (b, p), a slice of columns at
+    a time through the preallocated ``work`` (l, slice): neither the (l, p) product nor a fresh
+    temporary per slice is allocated."""
+    left = left.astype(y.dtype)
+    for s in _slices(vb.shape[1]):
+        out = work[: len(left), : s.stop - s.start]
+        np.matmul(left, vb[:, s], out=out)
+        y[:, s] += out
 
 
 def path_pca(
@@ -101,22 +144,24 @@ def path_pca(
 
     ``rows()`` is called ``2 + power_iterations`` times; every call must yield the same (p,)
     vectors in the same order (a ValueError says when the count differs). No pass keeps more
-    than ``block`` rows: memory is about ``p x (2 (k + oversampling) + block)`` numbers of
-    ``dtype`` plus a few float64 vectors of length p, independent of the number of rows n.
+    than ``block`` rows. Memory: one (l, p) array of ``dtype`` for the sketch (l = ``components
+    + oversampling``; two during a power iteration), one (block, p) buffer, the mean in float64
+    and in ``dtype``, and temporaries of at most l x 2^18 numbers: independent of the number of
+    rows n.
 
     With ``center`` the rows are centred by their mean first, as a PCA does (scikit-learn's, in
     Li et al.'s code): the directions then do not depend on the reference ``x_final`` the rows
     are taken from; ``coordinates`` still projects the rows themselves, so the final iterate
     (a zero row) sits at the origin. Without ``center`` it is the SVD of the rows as given.
 
-    The method: pass 1 forms ``Y = C^T Omega`` for a Gaussian sketch Omega (n x l, l =
-    ``components + oversampling``), one row of Omega drawn per row of the stream, and the mean
-    of the rows; C^T Omega = V^T Omega - mean (sum of Omega's rows)^T, so centring costs
-    nothing. Each power iteration makes one pass, ``Y = C^T (C Q)``, which sharpens the
-    subspace when the spectrum decays slowly. The last pass forms ``B = C Q`` (n x l, small)
-    and the exact total variance; the SVD of B gives the components ``Q W``. When l is at least
-    the rank of C (in particular with at most l rows) the subspace is exact and so is the
-    result, up to rounding in ``dtype``.
+    The method: pass 1 forms the sketch ``Y = Omega^T C`` (l x p) for a Gaussian Omega (n x l),
+    one row of Omega drawn per row of the stream, and the mean of the rows; Omega^T C =
+    Omega^T V - (sum of Omega's rows) mean^T, so centring costs nothing. Y is orthonormalised
+    in place into Q (l x p). Each power iteration makes one pass, ``Y = (C Q^T)^T C``, which
+    sharpens the subspace when the spectrum decays slowly. The last pass forms ``B = C Q^T``
+    (n x l, small) and the exact total variance; the SVD of B gives the components ``W^T Q``.
+    When l is at least the rank of C (in particular with at most l rows) the subspace is exact
+    and so is the result, up to rounding in ``dtype``.
     """
     if components < 1 or oversampling < 0 or power_iterations < 0 or block < 1:
         raise ValueError("components and block must be positive, the others non-negative")
@@ -125,18 +170,20 @@ def path_pca(
     rng = np.random.default_rng(seed)
     passes = 0
 
-    # Pass 1: the sketch Y = V^T Omega and the mean.
+    # Pass 1: the sketch Y = Omega^T V and the mean.
     y: np.ndarray | None = None
-    total = None
+    total: np.ndarray | None = None
     omega_sum = np.zeros(width)
     count = 0
     for vb in _blocks(rows(), block, dtype):
         omega = rng.standard_normal((len(vb), width))
-        if y is None:
-            y = np.zeros((vb.shape[1], width), dtype)
+        if y is None or total is None:
+            y = np.zeros((width, vb.shape[1]), dtype)
             total = np.zeros(vb.shape[1])
-        y += vb.T @ omega.astype(dtype)
-        total += vb.sum(axis=0, dtype=np.float64)
+            work = np.empty((width, min(_SLICE, vb.shape[1])), dtype)
+        _accumulate(y, omega.T, vb, work)
+        for s in _slices(vb.shape[1]):
+            total[s] += vb[:, s].sum(axis=0, dtype=np.float64)
         omega_sum += omega.sum(axis=0)
         count += len(vb)
     passes += 1
@@ -144,48 +191,48 @@ def path_pca(
         raise ValueError("no rows to analyse")
     mean = total / count if center else np.zeros_like(total)
     del total
-    _subtract_outer(y, mean, omega_sum)
-    q = _orthonormal_basis(y)
-    del y
+    mean_d = mean.astype(dtype)
+    _subtract_outer(y, omega_sum, mean)
+    q = _orthonormalize(y)
 
     for _ in range(power_iterations):
-        y = np.zeros_like(q)
-        z_sum = np.zeros(q.shape[1])
-        q_mean = mean.astype(dtype) @ q
+        y_next = np.zeros(q.shape, dtype)
+        z_sum = np.zeros(len(q))
+        q_mean = q @ mean_d
         seen = 0
         for vb in _blocks(rows(), block, dtype):
-            z = vb @ q - q_mean
-            y += vb.T @ z
+            z = vb @ q.T - q_mean  # (b, r): the block's centred rows on Q
+            _accumulate(y_next, z.T, vb, work)
             z_sum += z.sum(axis=0, dtype=np.float64)
             seen += len(vb)
         passes += 1
         _check_count(seen, count)
-        _subtract_outer(y, mean, z_sum)
-        q = _orthonormal_basis(y)
-        del y
+        del q, y
+        _subtract_outer(y_next, z_sum, mean)
+        y = y_next
+        q = _orthonormalize(y)
 
     # Last pass: the rows on Q, and the exact sum of squares of the centred rows.
     parts: list[np.ndarray] = []
     squares = 0.0
-    mean_d = mean.astype(dtype)
     for vb in _blocks(rows(), block, dtype):
-        parts.append((vb @ q).astype(np.float64))
-        squares += float(np.sum(np.square(vb - mean_d, dtype=np.float64)))
+        parts.append((vb @ q.T).astype(np.float64))
+        for s in _slices(vb.shape[1]):
+            squares += float(np.sum(np.square(vb[:, s] - mean_d[s], dtype=np.float64)))
     passes += 1
     _check_count(sum(len(p) for p in parts), count)
     projected = np.concatenate(parts)
 
-    centred = projected - mean.astype(dtype) @ q
+    centred = projected - (q @ mean_d).astype(np.float64)
     _, s, wt = np.linalg.svd(centred, full_matrices=False)
     k = min(components, wt.shape[0])
-    w = wt[:k].T  # (l, k)
-    coordinates = projected @ w
-    comps = np.ascontiguousarray((q @ w.astype(q.dtype)).T)
+    coordinates = projected @ wt[:k].T
+    comps = wt[:k].astype(q.dtype) @ q
     # A component's sign is arbitrary: choose the one that puts the first row (the start of
     # the path) on the positive side, so pictures of the same run agree.
     signs = np.where(coordinates[0] < 0, -1.0, 1.0)
     coordinates = coordinates * signs
-    comps = comps * signs[:, None].astype(comps.dtype)
+    comps *= signs[:, None].astype(comps.dtype)
     s = s[:k]
     dof = max(count - 1, 1)
     return PathPCA(
@@ -201,10 +248,11 @@ def path_pca(
 
 
 def _subtract_outer(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
-    """``y -= u v^T`` in place, a column at a time (no second (p, l) array)."""
-    for j in range(y.shape[1]):
-        if v[j] != 0:
-            y[:, j] -= (u * v[j]).astype(y.dtype)
+    """``y -= u v^T`` in place, a slice of columns at a time."""
+    if not np.any(u) or not np.any(v):
+        return
+    for s in _slices(y.shape[1]):
+        y[:, s] -= np.outer(u[: len(y)], v[s]).astype(y.dtype)
 
 
 def _check_count(seen: int, count: int) -> None:
