@@ -187,16 +187,19 @@ def _path_pca(
             report(label, i + 1, len(steps))
         done_passes += 1
 
-    pca = path_pca(
-        rows,
-        components=2,
-        oversampling=options.oversampling,
-        power_iterations=options.power_iterations,
-        center=True,
-        seed=options.seed,
-        block=options.block,
-        dtype=PCA_DTYPE,
-    )
+    try:
+        pca = path_pca(
+            rows,
+            components=2,
+            oversampling=options.oversampling,
+            power_iterations=options.power_iterations,
+            center=True,
+            seed=options.seed,
+            block=options.block,
+            dtype=PCA_DTYPE,
+        )
+    except ValueError as err:  # no rows, or parameters that never moved
+        raise SurfaceError(f"no PCA of the path: {err}") from None
     if len(used) < 3:
         raise SurfaceError(
             f"only {len(used)} checkpoints read back intact; the path needs at least 3"
