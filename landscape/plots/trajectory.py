@@ -72,7 +72,7 @@ def _new_figure(records: dict[str, dict[str, Any]]) -> tuple[Figure, list]:
     ratio = float(np.clip(max(ratios, default=0.8), 0.35, 1.0))
     n = max(len(records), 1)
     width = PANEL_SIZE[0] * n
-    fig = Figure(figsize=(width, PANEL_SIZE[0] * ratio + 1.5), layout="constrained")
+    fig = Figure(figsize=(width, 0.8 * PANEL_SIZE[0] * ratio + 1.3), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)
     return fig, list(axes[0])
 
