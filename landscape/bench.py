@@ -28,6 +28,7 @@ from landscape.config import RunConfig
 from landscape.data import Dataset
 from landscape.results import repair_tail
 from landscape.runs import Trainer, make_probe_step, make_train_probe_step, train_variant
+from landscape.train import step_batch
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -95,7 +96,9 @@ def run_bench(
     compile_train = _timed(lambda: trainer.train_step(state, batch)[1].loss)
     _, out = trainer.train_step(state, batch)
     grad_only = jax.jit(jax.grad(lambda p, s, b: trainer.loss_fn(p, s, b)[0]))
-    grad_only(state.params, state.batch_stats, batch)
+    # With the step's key, as the train step draws it: dropout and noisy layers need one.
+    keyed = step_batch(state, batch)
+    grad_only(state.params, state.batch_stats, keyed)
 
     probe_fns, compile_probe = {}, {}
     for strategy in strategies:
@@ -119,7 +122,7 @@ def run_bench(
 
     candidates: dict[str, Callable[[], Any]] = {
         "train_step": lambda: trainer.train_step(state, batch)[1].loss,
-        "gradient": lambda: grad_only(state.params, state.batch_stats, batch),
+        "gradient": lambda: grad_only(state.params, state.batch_stats, keyed),
         "separate": separate,
         "fused": lambda: fused(state, batch, etas),
     }

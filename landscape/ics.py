@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.extend.core import Var
 
 from landscape.network import linen_rngs
 from landscape.probe import _scalar_loss
@@ -67,7 +68,7 @@ def _module_paths(params: Any) -> list[tuple[str, ...]]:
     """Returns the paths of the modules that own parameters directly, in the tree's order."""
     paths: list[tuple[str, ...]] = []
     for path, _ in jax.tree_util.tree_leaves_with_path(params):
-        module = tuple(str(getattr(k, "key", k)) for k in path[:-1])
+        module = tuple(_key(k) for k in path[:-1])
         if module not in paths:
             paths.append(module)
     return paths
@@ -139,6 +140,70 @@ def model_layers(model: nn.Module, variables: dict, example: jax.Array, **kwargs
     return layers
 
 
+def _key(entry: Any) -> str:
+    """One step of a key path as text: a dict key, an attribute name or a sequence index."""
+    return str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry))))
+
+
+def traced_layers(network: Any, params: Any, state: Any, example: jax.Array) -> list[Layer]:
+    """Returns the layers of any ``landscape.network.Network`` (NNX, Equinox, hand-written) in
+    forward order, read from the traced forward pass.
+
+    ``network.apply`` in training mode is traced once to a jaxpr (nothing is computed); the
+    forward order of a parameter is the first equation that reads it. A module (the path of a
+    parameter less its last key) that owns a parameter of two or more dimensions (a kernel or
+    weight matrix) starts a layer, named as in ``model_layers``; every other parameter module
+    (biases, normalisation scales and shifts) joins the layer it follows.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    leaves = [leaf for _, leaf in flat]
+
+    def forward(*values):
+        rebuilt = jax.tree_util.tree_unflatten(treedef, values)
+        return network.apply(rebuilt, state, example, train=True, rng=jax.random.key(0))[0]
+
+    jaxpr = jax.make_jaxpr(forward)(*leaves).jaxpr
+    first_use = {}
+    for position, eqn in enumerate(jaxpr.eqns):
+        for var in eqn.invars:
+            if isinstance(var, Var) and var not in first_use:
+                first_use[var] = position
+    never = len(jaxpr.eqns)
+    modules: dict[tuple[str, ...], tuple[int, bool]] = {}  # path -> (first use, owns a matrix)
+    for (path, leaf), var in zip(flat, jaxpr.invars, strict=True):
+        module = tuple(_key(k) for k in path[:-1])
+        used, matrix = modules.get(module, (never, False))
+        modules[module] = (min(used, first_use.get(var, never)), matrix or np.ndim(leaf) >= 2)
+    ordered = sorted(modules, key=lambda m: modules[m][0])
+    groups: list[list[tuple[str, ...]]] = []
+    leading: list[tuple[str, ...]] = []
+    for module in ordered:
+        if modules[module][1]:
+            groups.append([*leading, module])
+            leading = []
+        elif groups:
+            groups[-1].append(module)
+        else:
+            leading.append(module)
+    if not groups:
+        raise ValueError("the network has no parameter of two or more dimensions (no layer)")
+    if leading:
+        groups[-1].extend(leading)
+    shapes = {tuple(_key(k) for k in path[:-1]): np.ndim(leaf) for path, leaf in flat}
+    layers, convs, denses = [], 0, 0
+    for group in groups:
+        if max(shapes[m] for m in group if modules[m][1]) >= 4:
+            convs += 1
+            name = f"conv{convs}"
+        else:
+            denses += 1
+            name = f"dense{denses}"
+        layers.append(Layer(name, tuple(group)))
+    if layers[-1].name.startswith("dense"):
+        layers[-1] = Layer("classifier", layers[-1].modules)
+    return layers
+
+
 def top_level_layers(params: Any) -> list[Layer]:
     """Returns one layer per top-level key of ``params``, in the dict's order (for plain pytrees)."""
     return [Layer(str(key), ((str(key),),)) for key in params]
@@ -152,7 +217,7 @@ def layer_owner(params: Any, layers: Sequence[Layer]) -> Any:
     number = {module: i + 1 for i, layer in enumerate(layers) for module in layer.modules}
 
     def owner(path, _):
-        keys = tuple(str(getattr(k, "key", k)) for k in path)
+        keys = tuple(_key(k) for k in path)
         for cut in range(len(keys), -1, -1):
             if keys[:cut] in number:
                 return number[keys[:cut]]

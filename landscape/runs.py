@@ -98,11 +98,19 @@ class Recorder:
     the newest checkpoint and a resumed run never misses or repeats a row. With
     ``write=False`` (the other processes of a multi-host run) rows are fetched, to watch the
     loss as process 0 does, but not written. ``diverged`` is set by the first flush that finds
-    a non-finite training loss (``divergence_record``).
+    a non-finite training loss. ``on_rows(kind, rows)`` gets each batch of rows written
+    ("metrics" or "probe"), for a metric writer such as TensorBoard's.
     """
 
-    def __init__(self, variant_dir: Path, write: bool = True, learning_rate: float = 0.0):
+    def __init__(
+        self,
+        variant_dir: Path,
+        write: bool = True,
+        learning_rate: float = 0.0,
+        on_rows: Callable[[str, list[dict]], None] | None = None,
+    ):
         self.write = write
+        self.on_rows = on_rows if write else None
         if write:
             self.metrics = RecordWriter(variant_dir / METRICS_FILE)
             self.probes = RecordWriter(variant_dir / PROBE_FILE)
@@ -129,8 +137,12 @@ class Recorder:
             self.last.update(row)
             self._watch(row)
         if self.write:
+            records = [probe_record(row) for row in probes]
             self.metrics.write(rows)
-            self.probes.write([probe_record(row) for row in probes])
+            self.probes.write(records)
+            if self.on_rows is not None:
+                self.on_rows("metrics", rows)
+                self.on_rows("probe", records)
 
     def _watch(self, row: dict) -> None:
         if "loss" not in row or self.diverged is not None:
@@ -428,6 +440,7 @@ def train_variant(
     probe_enabled: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     keep_going: bool = False,
+    on_rows: Callable[[str, list[dict]], None] | None = None,
 ) -> VariantReport:
     """Trains one variant to ``config.steps``, checkpointing, probing and recording as it goes.
 
@@ -472,7 +485,9 @@ def train_variant(
             lambda r: r["step"] < start or ("test_accuracy" in r and r["step"] <= start),
         )
         truncate_rows(variant_dir / PROBE_FILE, lambda r: r["step"] < start)
-    recorder = Recorder(variant_dir, write=primary, learning_rate=cfg.optimizer.learning_rate)
+    recorder = Recorder(
+        variant_dir, write=primary, learning_rate=cfg.optimizer.learning_rate, on_rows=on_rows
+    )
     t_begin = time.perf_counter()
     try:
         for step in range(start, cfg.steps):
@@ -595,6 +610,7 @@ def run(
     reuse: Sequence[str | os.PathLike] = (),
     say: Callable[[str], None] | None = None,
     keep_going: bool = False,
+    on_rows: Callable[[str, str, list[dict]], None] | None = None,
 ) -> list[VariantReport]:
     """Trains (and probes) every variant of ``config`` into ``run_dir``.
 
@@ -608,6 +624,8 @@ def run(
     (``landscape.sharding``); one device runs the single-device code. In a multi-host run only
     process 0 writes records and progress. A variant whose training loss becomes non-finite
     stops there (``train_variant``; ``keep_going`` trains on) and ``say`` gets one line.
+    ``on_rows(variant, kind, rows)`` gets the rows as they are written (a metric writer:
+    ``landscape.tensorboard.TensorBoardWriter.rows``).
     """
     run_dir = Path(run_dir)
     if resume:
@@ -644,7 +662,7 @@ def run(
     with run_dir_lock(run_dir):
         return _run_in(
             run_dir, config, dataset, mesh, device_count, resume, overwrite, probe_enabled,
-            progress, reuse, say, keep_going,
+            progress, reuse, say, keep_going, on_rows,
         )  # fmt: skip
 
 
@@ -661,6 +679,7 @@ def _run_in(
     reuse: Sequence[str | os.PathLike],
     say: Callable[[str], None] | None,
     keep_going: bool,
+    on_rows: Callable[[str, str, list[dict]], None] | None,
 ) -> list[VariantReport]:
     """The part of ``run`` that writes: holds the run directory's lock."""
     primary = is_primary()
@@ -693,6 +712,7 @@ def _run_in(
                 probe_enabled=probe_enabled and config.probe.enabled,
                 on_step=make_callback(variant),
                 keep_going=keep_going,
+                on_rows=None if on_rows is None else functools.partial(on_rows, variant),
             )
             reports.append(report)
             if report.diverged is not None and say is not None and primary:

@@ -30,7 +30,7 @@ from landscape.config import (
     setting_name,
 )
 from landscape.data import load_dataset
-from landscape.files import atomic_open
+from landscape.files import atomic_open, atomic_write_text
 from landscape.results import DIVERGED_FILE, METRICS_FILE, load, load_metrics, read_rows
 from landscape.summary import median_finite
 
@@ -145,12 +145,14 @@ def open_sweep(
         return saved_base, saved_grid
     if base is None:
         raise SweepError(f"cannot resume: {sweep_dir} has no {SWEEP_FILE} (not a landscape sweep)")
-    if sweep_dir.exists() and any(sweep_dir.iterdir()):
+    # Hidden files are another process's sweep.json being written: the tasks of a scheduler's
+    # array may all start the same sweep at once.
+    if sweep_dir.exists() and any(not p.name.startswith(".") for p in sweep_dir.iterdir()):
         raise SweepError(f"{sweep_dir} already exists and is not a landscape sweep")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     runs = [{"name": n, "values": v} for n, v, _ in configurations(base, grid)]
     body = {"base": base.to_dict(), "grid": grid, "runs": runs}
-    path.write_text(json.dumps(body, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(body, indent=2) + "\n")  # readers never see half of it
     return base, grid
 
 
@@ -208,6 +210,39 @@ def run_sweep(
         )
         summarize_sweep(sweep_dir)  # summary.csv is readable while the sweep goes on
     return summarize_sweep(sweep_dir)
+
+
+def run_index(
+    sweep_dir: str | os.PathLike,
+    index: int,
+    base: RunConfig | None = None,
+    grid: dict[str, list] | None = None,
+    *,
+    probe_enabled: bool = True,
+    progress: bool = True,
+    devices: int | str | None = None,
+) -> tuple[str, str]:
+    """Runs configuration ``index`` (0-based, in ``configurations`` order) of the sweep, and
+    no other; returns its ``(name, status before)``.
+
+    For a scheduler's job array (SLURM, Ray...): every task gives the same grid and sweep
+    directory and its own index. Tasks may start together: ``sweep.json`` is written whole,
+    each run directory has one writer (its lock), and ``summary.csv``, rebuilt from the run
+    directories after each run, is replaced whole.
+    """
+    sweep_dir = Path(sweep_dir)
+    base, grid = open_sweep(sweep_dir, base, grid)
+    points = configurations(base, grid)
+    if not 0 <= index < len(points):
+        raise SweepError(
+            f"--index {index}: the grid has {len(points)} configurations, 0 to {len(points) - 1}"
+        )
+    name, _, config = points[index]
+    status = run_configuration(
+        sweep_dir, name, config, probe_enabled=probe_enabled, progress=progress, devices=devices
+    )
+    summarize_sweep(sweep_dir)
+    return name, status
 
 
 def run_configuration(

@@ -16,7 +16,7 @@ import numpy as np
 
 from landscape.checkpoints import Checkpointer
 from landscape.data import load_dataset
-from landscape.ics import ICSResult, Layer, make_ics_step, model_layers
+from landscape.ics import ICSResult, Layer, make_ics_step, model_layers, traced_layers
 from landscape.progress import progress_bar
 from landscape.results import ICS_FILE, RecordWriter, read_rows
 from landscape.rundir import RunError, check_same_data, load_config, locks_run_dir
@@ -89,14 +89,24 @@ def record_ics(
     for variant in names:
         check_variant(config, variant, dataset, run_dir)  # still the run's network
         trainer = Trainer(config, variant, dataset)
-        trainer.require_linen("internal covariate shift needs the order of the network's layers")
         template = trainer.initial_state()
+        example = jnp.zeros((2, *dataset.train_images.shape[1:]), jnp.float32)
+        network = trainer.network
         try:
-            model_layer_list = model_layers(
-                trainer.model,
-                {"params": template.params, "batch_stats": template.batch_stats},
-                jnp.zeros((1, *dataset.train_images.shape[1:]), jnp.float32),
+            called_as_builtin = (network.train_arg, network.state_collection) == (
+                "train",
+                "batch_stats",
             )
+            if network.kind == "linen" and called_as_builtin:
+                model_layer_list = model_layers(
+                    trainer.model,
+                    {"params": template.params, "batch_stats": template.batch_stats},
+                    example[:1],
+                )
+            else:  # NNX, Equinox, hand-written: the order in which the forward pass reads them
+                model_layer_list = traced_layers(
+                    network, template.params, template.batch_stats, example
+                )
         except ValueError as err:
             raise RunError(f"{variant}: {err}") from None
         text = layers if layers is None or isinstance(layers, str) else ",".join(map(str, layers))

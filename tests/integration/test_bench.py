@@ -25,3 +25,31 @@ def test_run_bench_reports_every_quantity(tmp_path, tiny_config, tiny_dataset):
     assert json.loads(path.read_text().splitlines()[-1])["results"]["fastest_strategy"] == "map"
     assert set(r["checkpoint"]["formats"]) == {"npz", "orbax"}
     assert any("checkpoint every step (npz)" in name for name, _ in result_rows(result))
+
+
+def test_bench_times_a_users_network_from_the_command(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import OWN_DATA, REPO
+
+    args = [sys.executable, str(REPO / "cli.py"), "bench", "--model", "own_models:linen_mlp",
+            "--variant", "norm=batchnorm", "--data", OWN_DATA, "--preset", "smoke",
+            "--batch-size", "16", "--strategies", "map", "--repeats", "1", "--run-steps", "0",
+            "--out", str(tmp_path)]  # fmt: skip
+    env_path = f"{REPO / 'tests'}"
+    result = subprocess.run(args, capture_output=True, text=True, cwd=env_path)
+    assert result.returncode == 0, result.stderr
+    row = json.loads((tmp_path / "bench.jsonl").read_text().splitlines()[-1])
+    settings = row["settings"]
+    assert settings["model"]["factory"] == "own_models:linen_mlp"
+    assert (
+        settings["variant"] == "batchnorm"
+        and ["norm", "batchnorm"] in settings["model"]["model_args"]
+    )
+    assert row["results"]["gradient_s"] > 0
+    bad = subprocess.run([*args[:4], "own_models:missing", *args[5:]], capture_output=True,
+                         text=True, cwd=env_path)  # fmt: skip
+    assert (
+        bad.returncode == 2 and "has no 'missing'" in bad.stderr and "Traceback" not in bad.stderr
+    )

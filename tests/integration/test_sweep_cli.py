@@ -131,3 +131,47 @@ def test_cli_sweep_and_summary(tmp_path):
     assert summary.exit_code == 0, summary.output
     assert "lr=0.1" in summary.output and "batchnorm" in summary.output
     assert (sweep_dir / "summary.csv").exists()
+
+
+def test_a_job_array_runs_one_configuration_per_task_at_once(tmp_path):
+    """As SLURM runs an array: every task the same grid and folder, its own index, together."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    sweep_dir = tmp_path / "s"
+    args = [sys.executable, str(REPO / "cli.py"), "sweep", "--preset", "smoke", "--steps", "3",
+            "--variants", "standard", "--width", "0.0625", "--grid", "seed=0,1",
+            "--grid", "lr=0.05,0.1", "--out", str(sweep_dir), "--no-progress"]  # fmt: skip
+    listed = subprocess.run([*args, "--list"], capture_output=True, text=True, cwd=REPO)
+    assert listed.stdout.split() == [
+        "0", "seed=0_lr=0.05", "1", "seed=0_lr=0.1", "2", "seed=1_lr=0.05", "3", "seed=1_lr=0.1",
+    ]  # fmt: skip
+    assert not sweep_dir.exists()  # listing writes nothing
+    tasks = [
+        subprocess.Popen(
+            [*args, "--index-from-env", "SLURM_ARRAY_TASK_ID"],
+            env={**os.environ, "SLURM_ARRAY_TASK_ID": str(i)},
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (3, 0, 2)
+    ]
+    for task in tasks:
+        out, err = task.communicate(timeout=600)
+        assert task.returncode == 0, err
+        assert "finished; summary:" in out
+    with open(sweep_dir / "summary.csv") as f:
+        status = {row["run"]: row["status"] for row in csv.DictReader(f)}
+    assert status == {"seed=0_lr=0.05": "done", "seed=0_lr=0.1": "new",
+                      "seed=1_lr=0.05": "done", "seed=1_lr=0.1": "done"}  # fmt: skip
+    bad = subprocess.run([*args, "--index", "4"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "the grid has 4 configurations, 0 to 3" in bad.stderr
+    unset = subprocess.run(
+        [*args, "--index-from-env", "NO_SUCH_TASK_ID"], capture_output=True, text=True, cwd=REPO
+    )
+    assert unset.returncode == 2 and "that variable is not set" in unset.stderr

@@ -19,7 +19,8 @@ CORE = {
 }  # fmt: skip
 WORKFLOWS = {
     "rundir", "runs", "analyses", "analyses.hessian", "analyses.ics", "analyses.activations",
-    "analyses.pictures", "analyses.trajectory", "sweep", "parallel", "experiments", "recorder", "adopt", "plots", "report", "bench",
+    "analyses.pictures", "sweep", "parallel", "experiments", "recorder", "adopt", "plots", "report", "bench",
+    "tensorboard", "analyses.trajectory",
 } | {f"plots.{p.stem}" for p in (PACKAGE / "plots").glob("*.py") if p.stem != "__init__"}  # fmt: skip
 APP = {"app", "app.runtime", "app.worker", "app.cli"} | {
     f"app.cli.{p.stem}" for p in (PACKAGE / "app" / "cli").glob("*.py") if p.stem != "__init__"

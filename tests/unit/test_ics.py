@@ -234,3 +234,44 @@ def test_ics_figure_draws_the_papers_layers():
     rel = ics_figure(fake).axes[1].lines[1].get_ydata()
     np.testing.assert_allclose(rel, fake["batchnorm"][5]["dist"] / 2.0)
     assert len(ics_figure(_fake_ics(), layers=[1]).axes) == 3
+
+
+def test_traced_layers_follow_the_forward_pass_for_any_network():
+    """The jaxpr order equals the Linen interceptor's on VGG, and finds the order of NNX,
+    Equinox and hand-written networks, whatever the order of their parameter trees."""
+    import jax
+    import jax.numpy as jnp
+
+    from landscape.config import ModelConfig
+    from landscape.ics import Layer, model_layers, traced_layers
+    from landscape.models import create_model
+    from landscape.network import Network, from_linen
+    from landscape.train import build_network
+
+    for placement in ("before", "after"):
+        vgg = create_model("vgg11", width=0.125, norm="batchnorm", placement=placement)
+        params, stats = from_linen(vgg).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        x = jnp.zeros((2, 32, 32, 3))
+        expected = model_layers(vgg, {"params": params, "batch_stats": stats}, x[:1])
+        assert traced_layers(from_linen(vgg), params, stats, x) == expected
+
+    x = jnp.zeros((2, 6, 6, 3))
+    for factory in ("own_models:nnx_net", "own_equinox:eqx_net"):
+        network = build_network(ModelConfig(factory=factory), 3)
+        params, state = network.init(jax.random.key(0), x[:1])
+        names = [(layer.name, layer.modules) for layer in traced_layers(network, params, state, x)]
+        hidden = "dense" if "nnx" in factory else "hidden"
+        assert names == [("dense1", ((hidden,), ("norm",))), ("classifier", (("out",),))]
+
+    def apply(params, state, inputs, *, train, rng=None):  # "z_first" runs first
+        h = jnp.tanh(inputs.reshape(inputs.shape[0], -1) @ params["z_first"]["w"])
+        return h @ params["a_second"]["w"] + params["a_second"]["b"], state
+
+    mine = Network(lambda key, x: None, apply)
+    params = {
+        "a_second": {"w": jnp.ones((4, 2)), "b": jnp.zeros(2)},
+        "z_first": {"w": jnp.ones((108, 4))},
+    }
+    assert traced_layers(mine, params, {}, x) == [
+        Layer("dense1", (("z_first",),)), Layer("classifier", (("a_second",),))
+    ]  # fmt: skip

@@ -16,6 +16,9 @@ from landscape.app.cli.options import (
     ArchOpt,
     BatchOpt,
     ConvOpt,
+    LossOpt,
+    ModelArgOpt,
+    ModelOpt,
     NoiseMuOpt,
     NoiseRMuOpt,
     NoiseRSigmaOpt,
@@ -37,12 +40,15 @@ def bench(
         ),
     ] = "synthetic",
     variant: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--variant",
-            help="The variant to time: standard, batchnorm, noisy_batchnorm, noisy_none, l1, l2 or linf.",
+            help="The variant to time: standard, batchnorm (default), noisy_batchnorm, noisy_none, l1, l2 or linf; with --model, one value of the factory's keyword (norm=batchnorm) or nothing (the factory as it is).",
         ),
-    ] = "batchnorm",
+    ] = None,
+    model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
+    loss: LossOpt = None,
     width: WidthOpt = None,
     batch_size: BatchOpt = None,
     arch: ArchOpt = None,
@@ -81,6 +87,8 @@ def bench(
     from landscape.bench import result_rows, run_bench, write_results
     from landscape.data import DataError, load_dataset
     from landscape.probe import STRATEGIES
+    from landscape.rundir import RunError
+    from landscape.runs import check_variant
 
     try:
         config = build_config(
@@ -89,7 +97,10 @@ def bench(
             batch_size=batch_size,
             arch=arch,
             width=width,
-            variants=variant,
+            variants=variant if variant is not None or model else "batchnorm",
+            model=model,
+            model_arg=model_arg,
+            loss=loss,
             conv_impl=conv_impl,
             etas=etas,
             noise_mu=noise_mu,
@@ -107,9 +118,11 @@ def bench(
             raise CliError("--repeats must be positive")
         check_positive("--run-steps", run_steps, allow_zero=True)
         dataset = load_dataset(config.data, progress=True)
+        variant = config.variants[0]
+        check_variant(config, variant, dataset)  # a user's network: checked before any timing
     except CliError as err:
         fail(str(err))
-    except DataError as err:
+    except (DataError, RunError) as err:
         fail(str(err))
     # As the other commands, without the compilation cache: compiling is timed.
     runtime.tune_malloc()
@@ -126,8 +139,9 @@ def bench(
         )
     path = write_results(result, out)
     m = result["machine"]
+    what = config.model_for(variant).factory or f"width {config.model.width}"
     table = Table(
-        title=f"{config.preset} preset, {variant}, width {config.model.width}, "
+        title=f"{config.preset} preset, {variant}, {what}, "
         f"batch {config.batch_size} on {m['backend']} ({m['device']}, {m['cpu_count']} CPUs)"
     )
     table.add_column("quantity")

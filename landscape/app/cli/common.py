@@ -4,6 +4,7 @@ the summary table and figures printed after a run.
 
 from __future__ import annotations
 
+import importlib.util
 from datetime import datetime
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from landscape.config import RunConfig
 app = typer.Typer(
     help=(
         "Measure why an optimiser finds a network easy or hard to train: train VGG networks with "
-        "and without BatchNorm, checkpoint every step, and probe the loss landscape along the "
-        "gradient (Santurkar et al. 2018, 'How Does Batch Normalization Help Optimization?')."
+        "and without BatchNorm, or your own (--model package.module:factory), checkpoint every "
+        "step, and probe the loss landscape along the gradient (Santurkar et al. 2018, 'How "
+        "Does Batch Normalization Help Optimization?'); then curvature, internal covariate "
+        "shift, surfaces, sweeps, figures, reports and TensorBoard logs from the run directory."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -219,3 +222,28 @@ def parse_steps(text: str) -> tuple[int, ...]:
     if not steps or any(s < 0 for s in steps):
         raise CliError(f"--steps {text!r}: give non-negative training steps")
     return tuple(steps)
+
+
+def parse_log(text: str | None, run_dir: Path) -> Path | None:
+    """Parses ``--log``: ``tensorboard`` or ``tensorboard:DIR``; returns the log directory
+    (None without ``--log``). Raises CliError for another writer or a missing extra."""
+    if text is None:
+        return None
+    kind, _, where = text.partition(":")
+    if kind != "tensorboard":
+        raise CliError(f"unknown --log {text!r}; use tensorboard or tensorboard:DIR")
+    if importlib.util.find_spec("tensorboardX") is None:
+        raise CliError(
+            '--log tensorboard needs the tensorboard extra: pip install "landscape[tensorboard]"'
+        )
+    return Path(where) if where else run_dir / "tensorboard"
+
+
+def export_records(run_dir: Path, log_dir: Path | None, kinds: tuple[str, ...]) -> None:
+    """Writes the run's records of ``kinds`` to TensorBoard in ``log_dir`` (if given)."""
+    if log_dir is None:
+        return
+    from landscape.tensorboard import export_run
+
+    export_run(run_dir, log_dir, kinds=kinds, figures=False)
+    console.print(f"tensorboard: {log_dir}", highlight=False)

@@ -13,12 +13,14 @@ from landscape.app.cli.common import (
     app,
     check_positive,
     console,
+    export_records,
     fail,
     load_saved_config,
     parse_list,
+    parse_log,
     parse_steps,
 )
-from landscape.app.cli.options import ProgressOpt
+from landscape.app.cli.options import LogOpt, ProgressOpt
 
 
 @app.command()
@@ -111,6 +113,7 @@ def hessian(
             "--data", help="The data the run was trained on, if moved. Default: the run's."
         ),
     ] = None,
+    log: LogOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Top Hessian eigenvalues, trace and spectral density at the checkpoints of a run, next to the probe's effective beta (writes <variant>/hessian.jsonl)."""
@@ -131,6 +134,7 @@ def hessian(
             raise CliError(f"unknown --mode {mode!r}; choose train or eval")
         chosen_steps = parse_steps(steps) if steps is not None else None
         chosen_variants = parse_list(variants, "--variants") if variants is not None else None
+        log_dir = parse_log(log, run_dir)
     except CliError as err:
         fail(str(err))
     runtime.prepare_compute()
@@ -167,6 +171,7 @@ def hessian(
     )
     for variant, path in written.items():
         console.print(f"{variant}: {path}", highlight=False)
+    export_records(run_dir, log_dir, ("hessian",))
 
 
 class _HessianProgress:

@@ -273,3 +273,12 @@ DistributedOpt = Annotated[
 RunDirArg = Annotated[
     Path, typer.Argument(help="A run directory made by landscape probe/train (with checkpoints).")
 ]
+
+
+LogOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log",
+        help='Also write the records as TensorBoard event files while they are produced: tensorboard (into RUN_DIR/tensorboard) or tensorboard:DIR. View them with: tensorboard --logdir RUN_DIR/tensorboard. Needs the tensorboard extra: pip install "landscape[tensorboard]".',
+    ),
+]

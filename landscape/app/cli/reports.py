@@ -15,6 +15,7 @@ from landscape.app.cli.common import (
     fail,
     load_saved_config,
     parse_list,
+    parse_log,
     positive_or_fail,
     print_summary,
 )
@@ -100,3 +101,27 @@ def bias_example_command(
             highlight=False,
         )
     console.print(f"figure: {paths[0]}", highlight=False)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by landscape probe/train.")],
+    to: Annotated[
+        str,
+        typer.Option("--to", help="The format: tensorboard (event files, one run per variant)."),
+    ] = "tensorboard",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="The log directory. Default: RUN_DIR/tensorboard."),
+    ] = None,
+) -> None:
+    """Convert a run's records (training and test metrics, probe, ICS, curvature) and figures to TensorBoard event files; view with tensorboard --logdir RUN_DIR/tensorboard."""
+    load_saved_config(run_dir)
+    try:
+        log_dir = parse_log(f"{to}:{out}" if out is not None else to, run_dir)
+    except CliError as err:
+        fail(str(err).replace("--log", "--to"))
+    from landscape.tensorboard import export_run  # the optional tensorboard extra
+
+    path = export_run(run_dir, log_dir)
+    console.print(f"tensorboard: {path} (view with: tensorboard --logdir {path})", highlight=False)

@@ -24,6 +24,7 @@ from landscape.app.cli.common import (
     load_saved_config,
     make_figures,
     parse_devices,
+    parse_log,
     print_summary,
     start_distributed,
 )
@@ -39,6 +40,7 @@ from landscape.app.cli.options import (
     EvalOpt,
     KeepAllOpt,
     KeepOpt,
+    LogOpt,
     LossOpt,
     LrOpt,
     ModelArgOpt,
@@ -123,23 +125,47 @@ def _run_command(
     devices: int | str = "all",
     reuse: list[Path] | None = None,
     keep_going: bool = False,
+    log: str | None = None,
 ) -> None:
+    if resume is not None and out is not None and resume != out:
+        raise CliError("give either --resume RUN_DIR or --out RUN_DIR, not both")
+    run_dir = resume or out or default_run_dir(config)
+    log_dir = parse_log(log, run_dir)
+    validate(config)
+    runtime.prepare_compute()
+    console.print(Text.assemble("run directory: ", (str(run_dir), "bold")), highlight=False)
+    writer = None
+    if log_dir is not None:
+        from landscape.tensorboard import TensorBoardWriter  # the optional tensorboard extra
+
+        writer = TensorBoardWriter(log_dir)
+    try:
+        _run_and_report(
+            config, run_dir, resume=resume is not None, overwrite=overwrite,
+            probe_enabled=probe_enabled, progress=progress, figures=figures, devices=devices,
+            reuse=reuse, keep_going=keep_going, writer=writer,
+        )  # fmt: skip
+    finally:
+        if writer is not None:
+            writer.close()
+            console.print(f"tensorboard: {log_dir}", highlight=False)
+
+
+def _run_and_report(
+    config: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, probe_enabled: bool,
+    progress: bool, figures: bool, devices: int | str, reuse: list[Path] | None,
+    keep_going: bool, writer: Any,
+) -> None:  # fmt: skip
     from landscape.data import DataError
     from landscape.mesh import is_primary
     from landscape.rundir import RunError
     from landscape.runs import run
 
-    if resume is not None and out is not None and resume != out:
-        raise CliError("give either --resume RUN_DIR or --out RUN_DIR, not both")
-    run_dir = resume or out or default_run_dir(config)
-    validate(config)
-    runtime.prepare_compute()
-    console.print(Text.assemble("run directory: ", (str(run_dir), "bold")), highlight=False)
     try:
         reports = run(
             config,
             run_dir,
-            resume=resume is not None,
+            resume=resume,
             overwrite=overwrite,
             probe_enabled=probe_enabled,
             progress=progress,
@@ -147,6 +173,7 @@ def _run_command(
             reuse=reuse or (),
             say=lambda line: console.print(line, highlight=False, markup=False),
             keep_going=keep_going,
+            on_rows=writer.rows if writer is not None else None,
         )
     except (DataError, RunError) as err:
         fail(str(err))
@@ -172,6 +199,8 @@ def _run_command(
         print_summary(run_dir, load_saved_config(run_dir))
     if figures:
         make_figures(run_dir)
+        if writer is not None:
+            writer.figures(sorted((run_dir / "figures").glob("*.png")))
 
 
 def resumed_config(run_dir: Path, steps: int | None, data: str | None) -> RunConfig:
@@ -224,6 +253,7 @@ def _shared_run_options(
             help="Train on after the training loss becomes NaN or inf (for divergence studies). By default that variant stops there with one line saying the step, the last finite loss and the learning rate, and its <variant>/diverged.json records it.",
         ),
     ] = False,
+    log: LogOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """The options ``train`` and ``probe`` share, declared once (``with_run_options``)."""
@@ -320,7 +350,7 @@ def _start(options: dict, *, probe_enabled: bool) -> None:
     progress, figures = options.pop("progress"), options.pop("figures", False)
     from_run = options.pop("from_run", None)
     devices, distributed = options.pop("devices"), options.pop("distributed")
-    keep_going = options.pop("keep_going")
+    keep_going, log = options.pop("keep_going"), options.pop("log")
     try:
         devices = parse_devices(devices)
         if distributed:
@@ -348,6 +378,7 @@ def _start(options: dict, *, probe_enabled: bool) -> None:
             devices=devices,
             reuse=reuse,
             keep_going=keep_going,
+            log=log,
         )
     except CliError as err:
         fail(str(err))

@@ -10,8 +10,17 @@ from typing import Annotated
 import typer
 
 from landscape.app import runtime
-from landscape.app.cli.common import CliError, app, console, fail, load_saved_config, parse_list
-from landscape.app.cli.options import ProgressOpt
+from landscape.app.cli.common import (
+    CliError,
+    app,
+    console,
+    export_records,
+    fail,
+    load_saved_config,
+    parse_list,
+    parse_log,
+)
+from landscape.app.cli.options import LogOpt, ProgressOpt
 
 ShiftEveryOpt = Annotated[
     int,
@@ -95,6 +104,7 @@ def ics_command(
     ] = None,
     variants: ShiftVariantsOpt = None,
     data: ShiftDataOpt = None,
+    log: LogOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Internal covariate shift (Definition 2.1, Figure 3): per layer, ||G - G'|| and cos(G, G') at each checkpoint. Writes <variant>/ics.jsonl."""
@@ -102,6 +112,10 @@ def ics_command(
 
     if every < 1:
         fail(f"--every must be positive, got {every}")
+    try:
+        log_dir = parse_log(log, run_dir)
+    except CliError as err:
+        fail(str(err))
     chosen, names = _shift_options(steps, variants)
     _shift_command(
         run_dir,
@@ -113,6 +127,7 @@ def ics_command(
         layers=layers,
         variants=names,
     )
+    export_records(run_dir, log_dir, ("ics",))
 
 
 @app.command("activations")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
@@ -108,6 +109,27 @@ def sweep(
             help="Allow --parallel above the device (or core) count: workers then share devices round-robin (on GPUs each preallocates its share of memory). Default: refused.",
         ),
     ] = False,
+    list_only: Annotated[
+        bool,
+        typer.Option(
+            "--list",
+            help="Print the grid's configurations with their index (0-based) and run nothing: the indices --index takes.",
+        ),
+    ] = False,
+    index: Annotated[
+        int | None,
+        typer.Option(
+            "--index",
+            help="Run only configuration I of the grid into the sweep directory (--list shows them), for a scheduler's job array: every task gives the same --grid and --out and its own index; tasks may run at once.",
+        ),
+    ] = None,
+    index_from_env: Annotated[
+        str | None,
+        typer.Option(
+            "--index-from-env",
+            help="Take --index from this environment variable, e.g. SLURM_ARRAY_TASK_ID.",
+        ),
+    ] = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Run a grid of independent runs (seeds, variants, learning rates, ...), one after another or --parallel N at once, resumable, with one summary table.
@@ -161,14 +183,69 @@ def sweep(
                 validate(config)
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             where = out or Path("runs") / f"sweep-{base.preset}-{stamp}"
+        chosen = _chosen_index(index, index_from_env, parallel)
+        if list_only:
+            _print_grid(where, base, axes)
+            return
     except (CliError, SweepError) as err:
         fail(str(err))
+    if chosen is not None:
+        _run_index(where, base, axes, chosen, probe_enabled, progress, devices_value)
+        return
     if parallel > 1:
         _run_parallel_sweep(
             where, base, axes, probe_enabled, progress, devices_value, parallel, oversubscribe
         )
     else:
         _run_sweep(where, base, axes, probe_enabled, progress, devices_value)
+
+
+def _chosen_index(index: int | None, variable: str | None, parallel: int) -> int | None:
+    """Returns the configuration ``--index``/``--index-from-env`` chooses, or None."""
+    if index is not None and variable is not None:
+        raise CliError("give either --index or --index-from-env, not both")
+    if variable is not None:
+        text = os.environ.get(variable)
+        if text is None:
+            raise CliError(f"--index-from-env {variable}: that variable is not set")
+        try:
+            index = int(text)
+        except ValueError:
+            raise CliError(f"--index-from-env {variable}: {text!r} is not an index") from None
+    if index is not None and parallel > 1:
+        raise CliError("--index runs one configuration: drop --parallel")
+    if index is not None and index < 0:
+        raise CliError(f"--index {index}: indices start at 0")
+    return index
+
+
+def _print_grid(where: Path, base, axes) -> None:
+    """Prints ``INDEX NAME`` per configuration (the saved grid's when ``base`` is None)."""
+    from landscape.sweep import configurations, open_sweep
+
+    if base is None:
+        base, axes = open_sweep(where)
+    for i, (name, _, _) in enumerate(configurations(base, axes)):
+        console.print(f"{i}\t{name}", highlight=False)
+
+
+def _run_index(where: Path, base, axes, index: int, probe_enabled, progress, devices) -> None:
+    from landscape.data import DataError
+    from landscape.rundir import RunError
+    from landscape.sweep import SweepError, run_index
+
+    runtime.prepare_compute()
+    try:
+        name, status = run_index(
+            where, index, base, axes, probe_enabled=probe_enabled, progress=progress,
+            devices=devices,
+        )  # fmt: skip
+    except (DataError, RunError, SweepError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        fail(f"interrupted; run the same command again to continue --index {index}", code=130)
+    what = {"done": "was done already", "partial": "resumed and finished", "new": "finished"}
+    console.print(f"[{index}] {name}: {what[status]}; summary: {where / 'summary.csv'}")
 
 
 def _run_sweep(where: Path, base, axes, probe_enabled: bool, progress: bool, devices) -> None:
