@@ -31,6 +31,7 @@ _EXPORTS = {
     "sharpness_over_training": "landscape.analyses.hessian",
     "surface": "landscape.analyses.pictures",
     "interpolate": "landscape.analyses.pictures",
+    "trajectory": "landscape.analyses.trajectory",
     "run_sweep": "landscape.sweep",
     "tune_process": "landscape.app.runtime",
     "tune_malloc": "landscape.app.runtime",

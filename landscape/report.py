@@ -348,8 +348,9 @@ def write_report(run_dir: str | os.PathLike, path: str | os.PathLike | None = No
 def surface_section(run_dir: str | os.PathLike) -> list[str]:
     """Returns the HTML of the loss-landscape pictures section ([] when none was recorded).
 
-    One figure per picture (``landscape surface`` / ``landscape interpolate``), each captioned
-    with what it shows, the directions' seed and the loss mode, and a table of the settings.
+    One figure per picture (``landscape surface``, ``interpolate`` or ``trajectory``), each
+    captioned with what it shows, the directions' seed and the loss mode, and a table of the
+    settings; a trajectory's caption adds the share of the path's variance its axes explain.
     """
     pictures = load_surfaces(run_dir)
     if not pictures:
@@ -358,14 +359,17 @@ def surface_section(run_dir: str | os.PathLike) -> list[str]:
         "<h2>Loss-landscape pictures</h2>",
         '<p class="note">Slices of the loss around a checkpoint along filter-normalised random '
         "directions or the gradient (Li et al., “Visualizing the Loss Landscape of Neural Nets”, "
-        "NeurIPS 2018), and linear interpolation between two checkpoints (Goodfellow et al., "
-        "ICLR 2015). Each figure says whether BatchNorm ran in train mode (batch statistics, as "
-        "the optimiser sees the loss) or eval mode (running averages).</p>",
+        "NeurIPS 2018), linear interpolation between two checkpoints (Goodfellow et al., "
+        "ICLR 2015), and the optimisation path on its two PCA directions, each labelled with "
+        "the share of the path's variance it explains (Li et al., Sec. 7). Each figure says "
+        "whether BatchNorm ran in train mode (batch statistics, as the optimiser sees the "
+        "loss) or eval mode (running averages).</p>",
     ]
     figures = plots.surface_figures(run_dir)
     for name, fig in figures.items():
-        picture = name.removeprefix("interpolation_").removeprefix("surface_")
-        picture = picture.removesuffix("_contour").removesuffix("_3d")
+        kind, _, picture = name.partition("_")  # surface_, interpolation_ or trajectory_
+        if kind == "surface":
+            picture = picture.removesuffix("_contour").removesuffix("_3d")
         header = next(iter(pictures.get(picture, {}).values()), {}).get("header", {})
         settings = header.get("settings", {})
         info = header.get("info", {})
@@ -374,6 +378,16 @@ def surface_section(run_dir: str | os.PathLike) -> list[str]:
         )
         if info.get("mode_text"):
             caption += f". {info['mode_text']}."
+        if kind == "trajectory":
+            shares = "; ".join(
+                f"{variant} "
+                + " and ".join(
+                    f"{100 * r:.1f}%"
+                    for r in rec["header"]["info"].get("explained_variance_ratio", [])
+                )
+                for variant, rec in pictures.get(picture, {}).items()
+            )
+            caption += f" Share of the path's variance along the two PCA directions: {shares}."
         parts.append(
             f'<figure><img alt="{_esc(name)}" src="data:image/png;base64,{_png_base64(fig)}">'
             f"<figcaption>{_esc(caption)}</figcaption></figure>"

@@ -12,6 +12,7 @@ where any step size diverged are marked with triangles along the top of the axes
 - ``style``: colours, labels, axes helpers, saving;
 - ``training``: Figure 4, Figure 1, gradient distance against eta, the DLN, ``plot_run``;
 - ``pictures``: surfaces and interpolation;
+- ``trajectory``: the optimisation path on its PCA directions;
 - ``shift``: internal covariate shift and pre-activation statistics;
 - ``curvature``: sharpness over training and its link to the probe.
 """
@@ -45,6 +46,7 @@ from landscape.plots.training import (
     run_figures,
     training_curves_figure,
 )
+from landscape.plots.trajectory import trajectory_figure
 
 __all__ = [
     "LABELS",
@@ -72,6 +74,7 @@ __all__ = [
     "surface_figures",
     "surface_line_figure",
     "training_curves_figure",
+    "trajectory_figure",
     "variant_color",
     "variant_label",
 ]

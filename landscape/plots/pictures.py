@@ -1,5 +1,6 @@
 """Loss-landscape pictures: 1D and 2D surfaces and interpolation (``landscape surface``,
-``landscape interpolate``).
+``landscape interpolate``); ``surface_figures`` also draws the trajectories of ``landscape
+trajectory`` (``landscape.plots.trajectory``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from landscape.plots.style import (
     variant_color,
     variant_label,
 )
+from landscape.plots.trajectory import trajectory_figure
 from landscape.surface_records import load_surfaces
 
 
@@ -213,7 +215,8 @@ def surface_figures(
     (only the records called ``names`` when given).
 
     A 1D slice gives ``surface_<name>``, a 2D slice ``surface_<name>_contour`` and
-    ``surface_<name>_3d``, an interpolation ``interpolation_<name>``.
+    ``surface_<name>_3d``, an interpolation ``interpolation_<name>``, a trajectory
+    ``trajectory_<name>`` (the default name makes it ``trajectory_trajectory``).
     """
     figures: dict[str, Figure] = {}
     wanted = None if names is None else set(names)
@@ -223,6 +226,8 @@ def surface_figures(
         header = _first(records)["header"]
         if header.get("kind") == "interpolation":
             figures[f"interpolation_{name}"] = interpolation_figure(records)
+        elif header.get("kind") == "trajectory":
+            figures[f"trajectory_{name}"] = trajectory_figure(records)
         elif len(header.get("axes", ())) == 2:
             figures[f"surface_{name}_contour"] = surface_contour_figure(records)
             figures[f"surface_{name}_3d"] = surface_3d_figure(records)

@@ -15,11 +15,12 @@ CORE = {
     "config", "data", "models", "norms", "bn_math", "probe", "curvature", "ics", "activations",
     "surfaces", "surface_records", "mesh", "train", "sharding", "checkpoints", "results",
     "summary", "progress", "network", "equinox_network", "plugins", "user_data", "files",
+    "trajectory",
 }  # fmt: skip
 WORKFLOWS = {
     "rundir", "runs", "analyses", "analyses.hessian", "analyses.ics", "analyses.activations",
     "analyses.pictures", "sweep", "parallel", "experiments", "recorder", "adopt", "plots", "report", "bench",
-    "tensorboard",
+    "tensorboard", "analyses.trajectory",
 } | {f"plots.{p.stem}" for p in (PACKAGE / "plots").glob("*.py") if p.stem != "__init__"}  # fmt: skip
 APP = {"app", "app.runtime", "app.worker", "app.cli"} | {
     f"app.cli.{p.stem}" for p in (PACKAGE / "app" / "cli").glob("*.py") if p.stem != "__init__"

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "bench",
     "experiment",
     "pictures",
+    "trajectory",
     "shift",
     "hessian",
     "sweep",
