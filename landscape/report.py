@@ -19,6 +19,11 @@ import numpy as np
 
 from landscape import __version__, plots
 from landscape.files import atomic_write_text
+
+try:  # the interactive extra (plotly): rotatable surfaces in the report; static ones otherwise
+    from landscape.plots import interactive
+except ImportError:
+    interactive = None
 from landscape.results import (
     divergence_line,
     load,
@@ -324,7 +329,11 @@ def render_report(run_dir: str | os.PathLike) -> str:
         _key_value_table(provenance),
         "</body></html>",
     ]
-    return "\n".join(parts) + "\n"
+    page = "\n".join(parts) + "\n"
+    if interactive is not None and 'class="interactive"' in page:
+        # Embedded, not fetched: the report opens offline as one file.
+        page = page.replace("</head>", interactive.plotly_script() + "</head>", 1)
+    return page
 
 
 def _version() -> str:
@@ -366,6 +375,7 @@ def surface_section(run_dir: str | os.PathLike) -> list[str]:
         "loss) or eval mode (running averages).</p>",
     ]
     figures = plots.surface_figures(run_dir)
+    shown: set[str] = set()  # pictures whose interactive version is on the page
     for name, fig in figures.items():
         kind, _, picture = name.partition("_")  # surface_, interpolation_ or trajectory_
         if kind == "surface":
@@ -392,6 +402,15 @@ def surface_section(run_dir: str | os.PathLike) -> list[str]:
             f'<figure><img alt="{_esc(name)}" src="data:image/png;base64,{_png_base64(fig)}">'
             f"<figcaption>{_esc(caption)}</figcaption></figure>"
         )
+        if interactive is not None and picture in pictures and picture not in shown:
+            shown.add(picture)
+            div = interactive.picture_html(picture, pictures[picture], f"interactive-{picture}")
+            if div is not None:
+                parts.append(
+                    f'<figure class="interactive">{div}<figcaption>{_esc(picture)}, '
+                    "interactive: drag to rotate, scroll to zoom, hover for values"
+                    "</figcaption></figure>"
+                )
     return parts
 
 
