@@ -347,3 +347,10 @@ def test_the_command_line_accepts_the_variants_and_the_mlp(tiny_config):
         build_config("smoke", arch="mlp_gelu")
     with pytest.raises(ConfigError, match="dln"):
         validate(tiny_config.replace(data="dln", model=tiny_config.model.__class__(arch="mlp")))
+
+
+def test_vgg_refuses_images_too_small_for_its_five_pools():
+    # MNIST's 28 x 28 pools to 1 x 1 before the fifth pool: one line pointing at the MLP.
+    model = create_model("vgg11", width=0.0625, conv_impl="xla")
+    with pytest.raises(ValueError, match=r"at least 32x32 pixels, got 28x28.*--arch mlp"):
+        jax.eval_shape(lambda: init_variables(model, jax.random.key(0), (28, 28, 1)))
