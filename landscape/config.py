@@ -28,13 +28,38 @@ from landscape.plugins import OPTIMIZER_GROUP, is_import_path, registered
 # (models: architectures, normalisations, placements, convolution forms; probe: strategies;
 # train: optimisers; checkpoints: formats); a unit test checks that the two agree.
 VGG_ARCHS = ("vgg11", "vgg13", "vgg16", "vgg19")
-NORMS: list[str] = ["none", "batchnorm", "noisy_batchnorm", "noisy_none", "l1", "l2", "linf"]
+NORMS: list[str] = [
+    *("none", "batchnorm", "noisy_batchnorm", "noisy_none", "l1", "l2", "linf"),
+    *("layernorm", "groupnorm", "rmsnorm", "weightnorm"),
+]
 PLACEMENTS = ("before", "after")  # normalisation before or after the activation
 CONV_IMPLS = ("auto", "xla", "canonical", "shifted")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 PROBE_STRATEGIES = ("auto", "unroll", "vmap", "map")
 CHECKPOINT_FORMATS = ("npz", "orbax")
 LOSSES = ("cross_entropy", "squared_error", "sum_squared_error")  # or package.module:function
+
+
+# GroupNorm's group count rides in its name, as a deep linear network's depth does: "groupnorm" is
+# Wu and He's 32 groups, "groupnorm<G>" at most G (docs/definitions.md#per-example-normalisers).
+GROUPNORM = "groupnorm"
+DEFAULT_GROUPS = 32
+
+
+def group_norm_groups(name: str) -> int | None:
+    """Returns the most groups the GroupNorm called ``name`` uses (``groupnorm``: 32,
+    ``groupnorm<G>``: G >= 1), or None when ``name`` is not a GroupNorm."""
+    if name == GROUPNORM:
+        return DEFAULT_GROUPS
+    digits = name[len(GROUPNORM) :]
+    if name.startswith(GROUPNORM) and digits.isdigit() and digits[0] != "0":
+        return int(digits)
+    return None
+
+
+def is_norm(name: str) -> bool:
+    """Returns True for a normalisation's name: one of ``NORMS`` or ``groupnorm<G>``."""
+    return name in NORMS or group_norm_groups(name) is not None
 
 
 def register_norm_name(name: str) -> None:
@@ -45,7 +70,8 @@ def register_norm_name(name: str) -> None:
 
 # Variant names as the paper uses them, mapped to the normalisation layer they select. Every other
 # variant is named after its layer in landscape.models.NORMALIZERS: noisy_batchnorm and noisy_none
-# (Algorithm 1's noise with and without BN), l1, l2, linf (Sec. 3.3); see landscape/norms.py.
+# (Algorithm 1's noise with and without BN), l1, l2, linf (Sec. 3.3), layernorm, groupnorm (and
+# groupnorm<G>), rmsnorm and weightnorm; see landscape/norms.py.
 VARIANT_NORMS: dict[str, str] = {"standard": "none", "batchnorm": "batchnorm"}
 
 
@@ -69,6 +95,24 @@ def dln_depth(arch: str) -> int:
     if not is_dln(arch):
         raise ValueError(f"{arch!r} is not a deep linear network (dln or dln<depth>)")
     return DLN_DEPTH if arch == "dln" else int(arch[3:])
+
+
+# Ioffe and Szegedy's Figure 1 network (784-100-100-100-10), named by its nonlinearity: "mlp" is
+# their sigmoid one, "mlp_relu" and "mlp_tanh" the same network with another activation.
+MLP_ACTIVATIONS = ("sigmoid", "relu", "tanh")
+MLP_ARCHS = ("mlp", "mlp_relu", "mlp_tanh")
+
+
+def is_mlp(arch: str) -> bool:
+    """Returns True for the name of Ioffe and Szegedy's MLP (``mlp``, ``mlp_relu``, ``mlp_tanh``)."""
+    return arch in MLP_ARCHS
+
+
+def mlp_activation(arch: str) -> str:
+    """Returns the nonlinearity of the MLP named ``arch`` (``mlp``: sigmoid, ``mlp_<name>``)."""
+    if not is_mlp(arch):
+        raise ValueError(f"{arch!r} is not an MLP; choose one of {', '.join(MLP_ARCHS)}")
+    return arch.partition("_")[2] or "sigmoid"
 
 
 @dataclass(frozen=True)
@@ -560,20 +604,19 @@ def validate(config: RunConfig) -> RunConfig:
 
 def _validate_builtin_model(config: RunConfig) -> None:
     arch = config.model.arch
-    if arch not in VGG_ARCHS and not is_dln(arch):
-        raise ConfigError(
-            f"unknown {{key}} {arch!r}; choose one of {', '.join(VGG_ARCHS)}, dln or dlnN", "arch"
-        )
+    if arch not in VGG_ARCHS and not is_dln(arch) and not is_mlp(arch):
+        choices = ", ".join((*VGG_ARCHS, *MLP_ARCHS))
+        raise ConfigError(f"unknown {{key}} {arch!r}; choose one of {choices}, dln or dlnN", "arch")
     dln_data = config.data == "dln" or config.data.startswith("dln:")
     if is_dln(arch) != dln_data:
         raise ConfigError(
             f"{{key}} {arch} with data {config.data}: the deep linear network trains on data "
-            "dln (or dln:SEED), a VGG on image data; try the dln-quick preset",
+            "dln (or dln:SEED), a VGG or MLP on image data; try the dln-quick preset",
             "arch",
         )
     for variant in config.variants:
-        if norm_for_variant(variant) not in NORMS:
-            choices = ", ".join(["standard", *(n for n in NORMS if n != "none")])
+        if not is_norm(norm_for_variant(variant)):
+            choices = ", ".join(["standard", *(n for n in NORMS if n != "none"), "groupnorm<G>"])
             raise ConfigError(f"unknown variant {variant!r}; choose from {choices}", "variants")
     if config.model.variant_arg is not None:
         raise ConfigError("{key} KEY=V1,V2 needs a --model factory", "variants")

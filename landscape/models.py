@@ -1,5 +1,5 @@
-"""Networks: the VGG family at CIFAR size and the paper's deep linear network (App. A.1), with
-the normalisation layer chosen by name.
+"""Networks: the VGG family at CIFAR size, Ioffe and Szegedy's MNIST MLP and the paper's deep
+linear network (App. A.1), with the normalisation layer chosen by name.
 
 Every model here is a Flax module called as ``model.apply(variables, images, train=...)``.
 Models without normalisation still share the BatchNorm code path: their ``batch_stats``
@@ -19,17 +19,26 @@ import jax.numpy as jnp
 from landscape.config import (
     CONV_IMPLS,
     DLN_DEPTH,
+    MLP_ARCHS,
     PLACEMENTS,
     dln_depth,
+    group_norm_groups,
     is_dln,
+    is_mlp,
+    mlp_activation,
     register_norm_name,
 )
 from landscape.norms import (
     PAPER_NOISE,
     NoiseConfig,
+    WeightNormDense,
     check_noise,
+    group_norm_factory,
+    layer_norm_factory,
     lp_norm_factory,
     noisy_norm_factory,
+    rms_norm_factory,
+    weight_norm_params,
 )
 
 # Conv widths of the VGG family (Simonyan & Zisserman 2015, table 1); "M" is a 2x2 max-pool.
@@ -148,11 +157,16 @@ class Conv3x3(nn.Module):
 
     features: int
     impl: str = "xla"
+    # Salimans and Kingma's reparametrisation: the kernel used is g v / ||v|| per output channel,
+    # ``kernel`` holding v and ``scale`` g (landscape.norms.weight_norm_params).
+    weight_norm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         in_features = x.shape[-1]
         kernel = self.param("kernel", glorot, (3, 3, in_features, self.features), jnp.float32)
+        if self.weight_norm:
+            kernel = weight_norm_params(self, kernel)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         impl = auto_conv_impl(x.shape[1], x.shape[2]) if self.impl == "auto" else self.impl
         if impl == "xla":
@@ -201,11 +215,26 @@ NORMALIZERS: dict[str, NormFactory] = {
     "l1": lp_norm_factory(1),
     "l2": lp_norm_factory(2),
     "linf": lp_norm_factory(math.inf),
+    # Per-example normalisers (landscape/norms.py; docs/definitions.md#per-example-normalisers).
+    # "groupnorm<G>" is built on demand by make_norm.
+    "layernorm": layer_norm_factory(),
+    "groupnorm": group_norm_factory(),
+    "rmsnorm": rms_norm_factory(),
+    # Weight normalisation reparametrises the kernels instead (KERNEL_NORMALIZERS): no layer.
+    "weightnorm": _no_norm,
 }
 # The names whose factory also takes ``noise=NoiseConfig(...)``: the model's Algorithm 1 constants
 # (ModelConfig.noise_*, the CLI's --noise-*) reach these two layers; every other layer ignores
 # them, including one registered under another name with its own constants (noisy_norm_factory).
 NOISY_NORMALIZERS = ("noisy_batchnorm", "noisy_none")
+# The names that normalise the weights of every layer a normaliser would follow (its conv or
+# hidden dense kernel) rather than that layer's output.
+KERNEL_NORMALIZERS = ("weightnorm",)
+
+
+def uses_weight_norm(norm: str) -> bool:
+    """Returns True when the normalisation ``norm`` reparametrises the kernels (weightnorm)."""
+    return norm in KERNEL_NORMALIZERS
 
 
 def register_normalizer(name: str, factory: NormFactory) -> None:
@@ -219,11 +248,13 @@ def make_norm(name: str, train: bool, noise: NoiseConfig = PAPER_NOISE) -> nn.Mo
 
     ``noise`` (Algorithm 1's constants) is used by ``NOISY_NORMALIZERS`` only.
     """
+    groups = group_norm_groups(name)
     try:
-        factory = NORMALIZERS[name]
+        factory = NORMALIZERS[name] if groups is None else group_norm_factory(groups)
     except KeyError:
         raise ValueError(
-            f"unknown normalisation {name!r}; choose one of {', '.join(NORMALIZERS)}"
+            f"unknown normalisation {name!r}; choose one of {', '.join(NORMALIZERS)} "
+            "or groupnorm<G>"
         ) from None
     if name in NOISY_NORMALIZERS:
         return factory(train, noise=noise)
@@ -258,7 +289,9 @@ class VGG(nn.Module):
 
     Each conv is followed by the normalisation (``norm``) and ReLU; ``placement`` says whether
     the normalisation comes before the ReLU (the paper's BN variant) or after it; ``noise`` holds
-    Algorithm 1's constants for the noisy layers. Returns logits of shape (batch, num_classes).
+    Algorithm 1's constants for the noisy layers. ``weightnorm`` reparametrises every conv kernel
+    instead (the classifier stays plain, as it has no normalisation in the other variants).
+    Returns logits of shape (batch, num_classes).
     """
 
     depth: str = "vgg11"
@@ -275,11 +308,22 @@ class VGG(nn.Module):
         num_convs = sum(1 for v in layers if v != "M")
         impls = [self.conv_impl] * num_convs if isinstance(self.conv_impl, str) else self.conv_impl
         conv_index = 0
+        image_size = x.shape[1:3]
         for v in layers:
             if v == "M":
+                if min(x.shape[1:3]) < 2:
+                    raise ValueError(
+                        f"{self.depth} halves its input 5 times and needs images of at least "
+                        f"32x32 pixels, got {image_size[0]}x{image_size[1]}; for small images "
+                        "(MNIST's 28x28) use --arch mlp"
+                    )
                 x = max_pool_2x2(x)
                 continue
-            x = Conv3x3(scaled_width(int(v), self.width), impl=impls[conv_index])(x)
+            x = Conv3x3(
+                scaled_width(int(v), self.width),
+                impl=impls[conv_index],
+                weight_norm=uses_weight_norm(self.norm),
+            )(x)
             conv_index += 1
             norm = make_norm(self.norm, train, self.noise)
             if self.placement == "before" and norm is not None:
@@ -306,23 +350,32 @@ def create_model(
 ) -> nn.Module:
     """Returns the Flax module named ``arch`` with the given normalisation and width.
 
-    ``arch`` is a VGG (``vgg11`` ...) or a deep linear network (``dln``, ``dln<depth>``), for
-    which ``num_classes`` is the output size and ``placement`` and ``conv_impl`` do not apply.
-    ``noise`` (Algorithm 1's constants, the paper's by default) applies to ``noisy_batchnorm``
-    and ``noisy_none`` only.
+    ``arch`` is a VGG (``vgg11`` ...), Ioffe and Szegedy's MLP (``mlp``, ``mlp_relu``,
+    ``mlp_tanh``; ``conv_impl`` does not apply) or a deep linear network (``dln``,
+    ``dln<depth>``), for which ``num_classes`` is the output size and ``placement`` and
+    ``conv_impl`` do not apply. ``noise`` (Algorithm 1's constants, the paper's by default)
+    applies to ``noisy_batchnorm`` and ``noisy_none`` only.
     """
     if is_dln(arch):
         return create_dln(arch, width=width, norm=norm, num_outputs=num_classes, noise=noise)
-    if arch not in VGG_CONFIGS:
-        raise ValueError(
-            f"unknown architecture {arch!r}; choose one of {', '.join(VGG_CONFIGS)}, dln or dlnN"
-        )
+    if arch not in VGG_CONFIGS and not is_mlp(arch):
+        choices = ", ".join((*VGG_CONFIGS, *MLP_ARCHS))
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {choices}, dln or dlnN")
     make_norm(norm, True)  # validates the name early, with the list of choices
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown placement {placement!r}; choose 'before' or 'after'")
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
     check_noise(noise)
+    if is_mlp(arch):
+        return MLP(
+            hidden=tuple(scaled_width(units, width) for units in MLP_HIDDEN),
+            activation=mlp_activation(arch),
+            norm=norm,
+            placement=placement,
+            num_classes=num_classes,
+            noise=noise,
+        )
     for impl in (conv_impl,) if isinstance(conv_impl, str) else conv_impl:
         if impl not in CONV_IMPLS:
             raise ValueError(
@@ -339,6 +392,69 @@ def create_model(
         conv_impl=conv_impl,
         noise=noise,
     )
+
+
+# --- Ioffe and Szegedy's MLP (their Figure 1) --------------------------------------------------
+
+# Three hidden layers of 100 units (Ioffe and Szegedy 2015, Sec. 4.1); the width multiplier
+# scales them.
+MLP_HIDDEN = (100, 100, 100)
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "sigmoid": nn.sigmoid,
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+}
+
+
+class MLP(nn.Module):
+    """Ioffe and Szegedy's MNIST network: the image flattened (784 values for MNIST), hidden dense
+    layers of ``hidden`` units each followed by the normalisation (``norm``) and ``activation``,
+    then a linear read-out.
+
+    ``placement`` puts the normalisation before the nonlinearity (theirs: BatchNorm on the
+    sigmoid's input) or after it; ``weightnorm`` reparametrises the hidden kernels instead. The
+    read-out has no normalisation, as VGG's classifier. Every kernel is Glorot uniform (they give
+    only "small random Gaussian values"), biases zero. Each hidden layer sows the input to its
+    nonlinearity as ``preact<n>`` (n = 1, 2, 3), the values their Figure 1 tracks
+    (``landscape activations``). Returns logits of shape (batch, num_classes).
+    """
+
+    hidden: tuple[int, ...] = MLP_HIDDEN
+    activation: str = "sigmoid"
+    norm: str = "none"
+    placement: str = "before"
+    num_classes: int = 10
+    noise: NoiseConfig = PAPER_NOISE
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        nonlinearity = ACTIVATIONS[self.activation]
+        for n, features in enumerate(self.hidden, start=1):
+            # Named as Flax names the plain layers, so that weightnorm draws the same initial
+            # kernels (v) from the same seed and keeps the parameter paths.
+            if uses_weight_norm(self.norm):
+                x = WeightNormDense(features, kernel_init=glorot, name=f"Dense_{n - 1}")(x)
+            else:
+                x = nn.Dense(
+                    features,
+                    kernel_init=glorot,
+                    bias_init=nn.initializers.zeros,
+                    name=f"Dense_{n - 1}",
+                )(x)
+            norm = make_norm(self.norm, train, self.noise)
+            if self.placement == "before" and norm is not None:
+                x = norm(x)
+            self.sow("intermediates", f"preact{n}", x)
+            x = nonlinearity(x)
+            if self.placement == "after" and norm is not None:
+                x = norm(x)
+        return nn.Dense(
+            self.num_classes,
+            kernel_init=glorot,
+            bias_init=nn.initializers.zeros,
+            name=f"Dense_{len(self.hidden)}",
+        )(x)
 
 
 def init_variables(model: nn.Module, key: jax.Array, image_shape=(32, 32, 3)) -> dict:
@@ -395,13 +511,24 @@ class DeepLinearNetwork(nn.Module):
         x = x.astype(self.param_dtype)
         for i in range(self.depth):
             last = i == self.depth - 1
-            x = nn.Dense(
-                self.num_outputs if last else self.features,
-                use_bias=False,
-                kernel_init=glorot,
-                param_dtype=self.param_dtype,
-                dtype=self.param_dtype,
-            )(x)
+            if uses_weight_norm(self.norm) and not last:
+                # Flax's name for the plain layer: the same draws of v, the same paths.
+                x = WeightNormDense(
+                    self.features,
+                    use_bias=False,
+                    kernel_init=glorot,
+                    param_dtype=self.param_dtype,
+                    name=f"Dense_{i}",
+                )(x)
+            else:
+                x = nn.Dense(
+                    self.num_outputs if last else self.features,
+                    use_bias=False,
+                    kernel_init=glorot,
+                    param_dtype=self.param_dtype,
+                    dtype=self.param_dtype,
+                    name=f"Dense_{i}",
+                )(x)
             norm = None if last else make_norm(self.norm, train, self.noise)
             if norm is not None:
                 x = norm(x)

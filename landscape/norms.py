@@ -1,10 +1,15 @@
-"""The paper's other normalisation layers: "noisy" BatchNorm (Algorithm 1) and l_p normalisation.
+"""Normalisation layers beside BatchNorm: the paper's "noisy" BatchNorm (Algorithm 1) and l_p
+normalisation, and the per-example normalisers LayerNorm, GroupNorm, RMSNorm and weight
+normalisation.
 
-Both are small Flax modules registered in ``landscape.models.NORMALIZERS``, so every model, the
-trainer, the probe and the CLI select them by name (``noisy_batchnorm``, ``noisy_none``, ``l1``,
-``l2``, ``linf``). Like BatchNorm they act per unit (the last axis); a convolution's H and W count
-as batch, so "per sample" below means per (n, h, w) position
-(docs/definitions.md#noisy-batchnorm-algorithm-1).
+All are small Flax modules (or, for weight normalisation, a reparametrisation of a kernel)
+registered in ``landscape.models.NORMALIZERS``, so every model, the trainer, the probe and the CLI
+select them by name (``noisy_batchnorm``, ``noisy_none``, ``l1``, ``l2``, ``linf``,
+``layernorm``, ``groupnorm``/``groupnorm<G>``, ``rmsnorm``, ``weightnorm``). The paper's layers
+act per unit (the last axis) like BatchNorm; a convolution's H and W count as batch, so "per
+sample" below means per (n, h, w) position (docs/definitions.md#noisy-batchnorm-algorithm-1).
+The per-example normalisers never mix examples (docs/definitions.md#per-example-normalisers):
+they behave the same in training and eval mode and keep no running statistics.
 
 Noisy BatchNorm (Santurkar et al. 2018, Sec. 2.1, Algorithm 1). After BatchNorm (its output,
 scale and shift included), at every training step and for every unit j draw
@@ -31,6 +36,22 @@ divided by the count would shrink the denominator like ``count^(1/p - 1)`` and i
 running averages of both with BatchNorm's momentum (0.9, i.e. PyTorch's 0.1), stored in
 ``batch_stats`` as ``mean`` and ``norm``; eval mode normalises with the running averages.
 
+LayerNorm (Ba, Kiros and Hinton 2016), GroupNorm (Wu and He 2018) and RMSNorm (Zhang and
+Sennrich 2019) normalise each example on its own, over a group of the layer's values: LayerNorm
+over all of them (H, W and C), GroupNorm over each of G groups of C/G consecutive channels (and
+H, W), RMSNorm over all of them without subtracting the mean::
+
+    LayerNorm, GroupNorm:  y = gamma_c (x - mean_g) / sqrt(var_g + eps) + beta_c
+    RMSNorm:               y = gamma_c x / sqrt(mean_g(x^2) + eps)
+
+with the biased variance, eps = 1e-5 (BatchNorm's) inside the root, and a gain gamma (and for
+the first two a shift beta) per channel c. GroupNorm's G is an upper bound: a layer with C
+channels uses the largest divisor of C that is at most G and leaves a group at least two values
+(``group_count``), so every width works and a dense layer's groups hold two units or more.
+Weight normalisation (Salimans and Kingma 2016) does not touch activations: the kernel of the
+convolution or dense layer is ``w = g v / ||v||`` per output unit, with ``v`` and ``g`` the
+trained parameters (``weight_normalize``).
+
 A unit with a single value per batch (a dense layer on a batch of one) has ``a - mean = 0``:
 every normalised output would be ``beta`` whatever the input, so these layers refuse it in
 training mode with a ValueError at trace time instead of training on nothing. VGG at CIFAR size
@@ -42,11 +63,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from landscape.config import DEFAULT_GROUPS  # Wu and He's 32
 
 # BatchNorm's constants (PyTorch's momentum 0.1 == 0.9 here, eps 1e-5), shared by the l_p layers
 # so "running averages update as BN's" holds literally.
@@ -195,6 +218,153 @@ class LpNorm(nn.Module):
         return (x - mean) / (norm + self.epsilon) * scale + bias
 
 
+# --- per-example normalisers (docs/definitions.md#per-example-normalisers) -------------------
+
+
+def group_count(channels: int, groups: int = DEFAULT_GROUPS, positions: int = 1) -> int:
+    """Returns the number of groups GroupNorm uses for ``channels`` channels of ``positions``
+    values each (H x W; 1 for a dense layer): the largest divisor of ``channels`` that is at most
+    ``groups`` and leaves at least 2 values in a group (1 when none does).
+
+    Any width multiplier then gives equal groups, and a dense layer's groups hold at least two
+    units: a group of one value normalises to a constant.
+    """
+    if channels < 1 or groups < 1 or positions < 1:
+        raise ValueError(
+            f"GroupNorm needs positive channels, groups and positions, got {channels}, {groups}, "
+            f"{positions}"
+        )
+    fits = [
+        g
+        for g in range(1, min(groups, channels) + 1)
+        if channels % g == 0 and channels // g * positions >= 2
+    ]
+    return max(fits, default=1)
+
+
+def _check_group(values: int, layer: str) -> None:
+    if values < 2:
+        raise ValueError(
+            f"{layer} normalises groups of {values} value per example: x - mean would be 0 "
+            "(or x / rms its sign) whatever the input; use a wider layer, fewer groups "
+            "(groupnorm<G>) or another normalisation"
+        )
+
+
+def _gain(module: nn.Module, units: int) -> jax.Array:
+    return module.param("scale", nn.initializers.ones, (units,), jnp.float32)
+
+
+def _shift(module: nn.Module, units: int) -> jax.Array:
+    return module.param("bias", nn.initializers.zeros, (units,), jnp.float32)
+
+
+def _standardize(x: jax.Array, axes: tuple[int, ...], epsilon: float) -> jax.Array:
+    # The biased variance of the centred values (not E[x^2] - E[x]^2, which cancels badly in
+    # float32 when the mean is large against the spread).
+    mean = x.mean(axes, keepdims=True)
+    centred = x - mean
+    var = (centred * centred).mean(axes, keepdims=True)
+    return centred * jax.lax.rsqrt(var + epsilon)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm (Ba et al. 2016): each example standardised over all of the layer's values
+    (H, W and C of a convolution, the units of a dense layer), then a gain and shift per channel.
+
+    Returns an array of x's shape; the same in training and eval mode.
+    """
+
+    epsilon: float = EPSILON
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        units = x.shape[-1]
+        scale, bias = _gain(self, units), _shift(self, units)
+        _check_group(math.prod(x.shape[1:]), "LayerNorm")
+        return _standardize(x, tuple(range(1, x.ndim)), self.epsilon) * scale + bias
+
+
+class GroupNorm(nn.Module):
+    """GroupNorm (Wu and He 2018): each example standardised within groups of consecutive
+    channels (with H and W), then a gain and shift per channel.
+
+    ``groups`` is the most groups to use; a layer of C channels uses ``group_count(C, groups)``.
+    Returns an array of x's shape; the same in training and eval mode.
+    """
+
+    groups: int = DEFAULT_GROUPS
+    epsilon: float = EPSILON
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        units = x.shape[-1]
+        scale, bias = _gain(self, units), _shift(self, units)
+        count = group_count(units, self.groups, math.prod(x.shape[1:-1]))
+        _check_group(math.prod(x.shape[1:]) // count, f"GroupNorm ({count} groups)")
+        grouped = x.reshape(*x.shape[:-1], count, units // count)
+        axes = (*range(1, x.ndim - 1), x.ndim)  # H, W and the channels within a group
+        return _standardize(grouped, axes, self.epsilon).reshape(x.shape) * scale + bias
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang and Sennrich 2019): each example divided by the root mean square of all of
+    the layer's values, then a gain per channel; no centring and no shift.
+
+    Returns an array of x's shape; the same in training and eval mode.
+    """
+
+    epsilon: float = EPSILON
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = _gain(self, x.shape[-1])
+        _check_group(math.prod(x.shape[1:]), "RMSNorm")
+        mean_square = (x * x).mean(tuple(range(1, x.ndim)), keepdims=True)
+        return x * jax.lax.rsqrt(mean_square + self.epsilon) * scale
+
+
+def kernel_norm(v: jax.Array) -> jax.Array:
+    """Returns ||v|| per output unit (the last axis) of a kernel: shape (units,)."""
+    return jnp.sqrt((v * v).sum(tuple(range(v.ndim - 1))))
+
+
+def weight_normalize(v: jax.Array, g: jax.Array) -> jax.Array:
+    """Returns Salimans and Kingma's kernel ``w = g v / ||v||``: every output unit's weights (the
+    last axis) have norm ``g`` and the direction of ``v``, whatever ``v``'s scale."""
+    return v * (g / kernel_norm(v))
+
+
+def weight_norm_params(module: nn.Module, kernel: jax.Array) -> jax.Array:
+    """Declares the gain ``scale`` of a weight-normalised ``kernel`` on ``module`` and returns the
+    effective kernel.
+
+    The gain starts at ``||v||`` of the initial kernel, so at step 0 the layer computes exactly
+    what the plain layer computes from the same draw (Salimans and Kingma's data-dependent
+    initialisation is not used: the variants then start from one function).
+    """
+    scale = module.param("scale", lambda _key: kernel_norm(kernel))
+    return weight_normalize(kernel, scale)
+
+
+class WeightNormDense(nn.Module):
+    """A dense layer with a weight-normalised kernel (Salimans and Kingma 2016):
+    ``x @ (g v / ||v||) + b``, ``v`` Glorot-initialised. Returns (..., features)."""
+
+    features: int
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.glorot_uniform()
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        v = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+        y = x @ weight_norm_params(self, v)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        return y
+
+
 # --- factories for the registry in landscape.models ------------------------------------------
 
 
@@ -221,3 +391,32 @@ def lp_norm_factory(p: float) -> Callable[[bool], nn.Module]:
 
 def _lp(train: bool, *, p: float) -> nn.Module:
     return LpNorm(p=p, train=train)
+
+
+def layer_norm_factory() -> Callable[[bool], nn.Module]:
+    """Returns a normaliser factory ``(train) -> LayerNorm()`` (the same in both modes)."""
+    return _layer_norm
+
+
+def _layer_norm(train: bool) -> nn.Module:
+    return LayerNorm()
+
+
+def group_norm_factory(groups: int = DEFAULT_GROUPS) -> Callable[[bool], nn.Module]:
+    """Returns a normaliser factory ``(train) -> GroupNorm(groups)``."""
+    if groups < 1:
+        raise ValueError(f"GroupNorm needs at least one group, got {groups}")
+    return functools.partial(_group_norm, groups=groups)
+
+
+def _group_norm(train: bool, *, groups: int) -> nn.Module:
+    return GroupNorm(groups=groups)
+
+
+def rms_norm_factory() -> Callable[[bool], nn.Module]:
+    """Returns a normaliser factory ``(train) -> RMSNorm()``."""
+    return _rms_norm
+
+
+def _rms_norm(train: bool) -> nn.Module:
+    return RMSNorm()

@@ -44,6 +44,25 @@ def require_real_cifar_jpeg() -> Path:
     pytest.skip(f"real CIFAR-10 not available: {CIFAR_JPEG_ENV}={env} is not a file")
 
 
+# The folder holding the official MNIST IDX files (here the test pair only) for the real-data tests.
+MNIST_ENV = "LANDSCAPE_MNIST_DIR"
+
+
+def require_real_mnist() -> Path:
+    """Returns the folder $LANDSCAPE_MNIST_DIR names when it holds MNIST's IDX test images, or
+    skips the calling test with the reason it is missing."""
+    env = os.environ.get(MNIST_ENV)
+    if not env:
+        pytest.skip(
+            f"real MNIST not available: set {MNIST_ENV} to a folder with the official IDX files "
+            "(.ci/run sets it)"
+        )
+    folder = Path(env)
+    if not any(folder.glob("t10k-images*idx3-ubyte*")):
+        pytest.skip(f"real MNIST not available: {MNIST_ENV}={env} holds no t10k-images IDX file")
+    return folder
+
+
 def with_(config, **changes):
     """Returns ``config`` (a RunConfig) with nested fields replaced: with_(c, probe={"every": 2})."""
     out = {}

@@ -22,6 +22,7 @@ from landscape.activations import (
 from landscape.analyses.ics import chosen_steps, parse_layers, variant_bars
 from landscape.checkpoints import Checkpointer
 from landscape.data import load_dataset, normalize
+from landscape.models import MLP
 from landscape.results import ACTIVATIONS_FILE, RecordWriter, read_rows
 from landscape.rundir import RunError, check_same_data, load_config, locks_run_dir
 from landscape.runs import Trainer, check_variant
@@ -116,6 +117,7 @@ def record_activations(
                 trainer.model, numbers, train=bn_mode == "train", capture=capture
             )
             mode = bn_mode if template.batch_stats else "none"
+            kind = "dense" if isinstance(trainer.model, MLP) else "conv"
             with RecordWriter(written[variant]) as writer:
                 for step in todo:
                     state = checkpointer.restore_or_skip(step, template)
@@ -134,9 +136,10 @@ def record_activations(
                         rng_next = step_batch(nxt, {})["rng"]
                         arrays = preact_fn(nxt.params, nxt.batch_stats, images, rng_next)
                         after = layer_stats(arrays, unit)
-                    writer.write(
-                        [activation_record(step, numbers, stats, after, unit, examples, mode)]
+                    row = activation_record(
+                        step, numbers, stats, after, unit, examples, mode, layer_kind=kind
                     )
+                    writer.write([row])
                     advance(variant)
             checkpointer.close()
     return written
@@ -151,12 +154,14 @@ def activation_record(
     examples: int,
     bn_mode: str,
     percentiles: Sequence[float] = PERCENTILES,
+    layer_kind: str = "conv",
 ) -> dict[str, Any]:
-    """Returns one ``activations.jsonl`` row (plain Python values) from fetched stats."""
+    """Returns one ``activations.jsonl`` row (plain Python values) from fetched stats; the layers
+    are named ``<layer_kind><n>`` (``conv3``; ``dense3`` for the MLP's hidden layers)."""
     row: dict[str, Any] = {
         "step": int(step),
         "layer": [int(n) for n in layers],
-        "layer_name": [f"conv{n}" for n in layers],
+        "layer_name": [f"{layer_kind}{n}" for n in layers],
         "q": [float(p) for p in percentiles],
         **{k: np.asarray(stats[k], np.float64).tolist() for k in STATS},
         "unit": int(unit),

@@ -98,7 +98,8 @@ def ics_figure(records: LayerRecords, layers: Sequence[int] | None = None) -> Fi
 def activations_figure(
     records: LayerRecords, layers: Sequence[int] | None = None, *, unit: bool = True
 ) -> Figure:
-    """Distributional stability: a layer's input to the ReLU over training, per variant.
+    """Distributional stability: a layer's input to its nonlinearity (VGG's ReLU, the MLP's
+    sigmoid) over training, per variant.
 
     ``records`` is ``landscape.results.load_activations(run_dir)``. One row per layer (default:
     up to three spread over the recorded ones): (a) the band between the 15th and 85th
@@ -140,7 +141,7 @@ def activations_figure(
         q = next(r[layer].get("q") for r in records.values() if layer in r)
         levels = "/".join(f"{v:g}" for v in q) if q else "15/50/85"
         ax_p.set_title(f"{title}, {which}: {levels}th percentiles", fontsize=9)
-        ax_p.set_ylabel("input to the ReLU")
+        ax_p.set_ylabel("input to the nonlinearity")
         if has_change:
             ax_m.set_title(f"{title}: |Δ mean| between steps t, t+1", fontsize=9)
             ax_v.set_title(f"{title}: |Δ variance| between steps t, t+1", fontsize=9)
@@ -158,7 +159,7 @@ def activations_figure(
         )
     modes = sorted({r[n].get("bn_mode", "none") for r in records.values() for n in r} - {"none"})
     fig.suptitle(
-        "Distribution of each layer's input to the ReLU on a fixed held-out batch"
+        "Distribution of each layer's input to its nonlinearity on a fixed held-out batch"
         + (f" (BatchNorm in {' and '.join(modes)} mode)" if modes else ""),
         fontsize=10,
     )

@@ -93,7 +93,7 @@ def test_model_names_and_loss_choice():
         with pytest.raises(ValueError, match="unknown architecture"):
             create_model(bad)
     with pytest.raises(ValueError, match="unknown normalisation"):
-        create_model("dln", norm="groupnorm")
+        create_model("dln", norm="instancenorm")
 
 
 # --- the loss and its gradient -----------------------------------------------------------------

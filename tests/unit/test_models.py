@@ -193,7 +193,7 @@ def test_batchnorm_train_mode_normalises_with_batch_statistics_eval_with_running
 
 def test_unknown_names_give_clear_errors():
     with pytest.raises(ValueError, match="unknown normalisation"):
-        create_model("vgg11", norm="groupnorm")
+        create_model("vgg11", norm="instancenorm")
     with pytest.raises(ValueError, match="unknown architecture"):
         create_model("vgg7")
 

@@ -77,7 +77,7 @@ ArchOpt = Annotated[
     str | None,
     typer.Option(
         "--arch",
-        help="Model: vgg11 (default), vgg13, vgg16, vgg19, or dln: the paper's deep linear network (25 bias-free 10x10 linear layers, squared-error loss, needs --data dln; dlnN for N layers). Default: the preset's.",
+        help="Model: vgg11 (default), vgg13, vgg16, vgg19; mlp: Ioffe & Szegedy's 784-100-100-100-10 sigmoid network (mlp_relu, mlp_tanh: other nonlinearities); or dln: the paper's deep linear network (25 bias-free 10x10 linear layers, squared-error loss, needs --data dln; dlnN for N layers). Default: the preset's.",
     ),
 ]
 
@@ -95,7 +95,7 @@ VariantsOpt = Annotated[
     str | None,
     typer.Option(
         "--variants",
-        help="Comma-separated variants trained side by side with the same seed and data order: standard, batchnorm, noisy_batchnorm (BN + Algorithm 1's noise), noisy_none (the noise without BN), l1, l2, linf (l_p normalisation, Sec. 3.3). Default: standard,batchnorm. With --model: any names, or KEY=V1,V2 to pass each variant's value as the factory's keyword KEY (--variants norm=none,batchnorm).",
+        help="Comma-separated variants trained side by side with the same seed and data order: standard, batchnorm, noisy_batchnorm (BN + Algorithm 1's noise), noisy_none (the noise without BN), l1, l2, linf (l_p normalisation, Sec. 3.3), layernorm, groupnorm (32 groups; groupnorm8: at most 8), rmsnorm, weightnorm. Default: standard,batchnorm. With --model: any names, or KEY=V1,V2 to pass each variant's value as the factory's keyword KEY (--variants norm=none,batchnorm).",
     ),
 ]
 ModelOpt = Annotated[
