@@ -344,7 +344,8 @@ def plan_reuse(
 
 
 def check_model_fits_data(config: RunConfig, dataset: Dataset) -> None:
-    """Raises RunError unless the model's task is the data's (DLN: regression; VGG: classes).
+    """Raises RunError unless the model's task is the data's (DLN: regression; VGG and the
+    MLP: classes).
     A user's network is checked on a batch instead (``runs.check_outputs``)."""
     if config.has_user_model:
         return
@@ -352,7 +353,7 @@ def check_model_fits_data(config: RunConfig, dataset: Dataset) -> None:
     if wants_regression != (dataset.task == "regression"):
         raise RunError(
             f"--arch {config.model.arch} does not fit the data {dataset.name!r}: the deep linear "
-            "network trains on --data dln (or dln:SEED), a VGG on image data"
+            "network trains on --data dln (or dln:SEED), a VGG or an MLP on image data"
         )
 
 

@@ -43,7 +43,7 @@ def bench(
         str | None,
         typer.Option(
             "--variant",
-            help="The variant to time: standard, batchnorm (default), noisy_batchnorm, noisy_none, l1, l2 or linf; with --model, one value of the factory's keyword (norm=batchnorm) or nothing (the factory as it is).",
+            help="The variant to time: any name --variants takes (standard, batchnorm (default), layernorm, groupnorm, weightnorm, l2, ...); with --model, one value of the factory's keyword (norm=batchnorm) or nothing (the factory as it is).",
         ),
     ] = None,
     model: ModelOpt = None,
