@@ -108,6 +108,27 @@ def is_mlp(arch: str) -> bool:
     return arch in MLP_ARCHS
 
 
+# He et al. 2016's CIFAR ResNets (Sec. 4.2): 6n + 2 layers. "_noshort" removes every shortcut,
+# Li et al. 2018's networks without skip connections (their Sec. 5).
+RESNET_DEPTHS = (20, 32, 44, 56, 110)
+RESNET_ARCHS = tuple(f"resnet{d}{s}" for d in RESNET_DEPTHS for s in ("", "_noshort"))
+
+
+def is_resnet(arch: str) -> bool:
+    """Returns True for a CIFAR ResNet's name: ``resnet20`` ... ``resnet110``, each also with
+    ``_noshort`` (no skip connections)."""
+    return arch in RESNET_ARCHS
+
+
+def resnet_blocks(arch: str) -> tuple[int, bool]:
+    """Returns ``(n, shortcuts)`` of the ResNet named ``arch``: n residual blocks per stage
+    (depth 6n + 2) and whether the blocks keep their identity shortcuts."""
+    if not is_resnet(arch):
+        raise ValueError(f"{arch!r} is not a ResNet; choose one of {', '.join(RESNET_ARCHS)}")
+    depth, _, suffix = arch.removeprefix("resnet").partition("_")
+    return (int(depth) - 2) // 6, suffix != "noshort"
+
+
 def mlp_activation(arch: str) -> str:
     """Returns the nonlinearity of the MLP named ``arch`` (``mlp``: sigmoid, ``mlp_<name>``)."""
     if not is_mlp(arch):
@@ -604,8 +625,8 @@ def validate(config: RunConfig) -> RunConfig:
 
 def _validate_builtin_model(config: RunConfig) -> None:
     arch = config.model.arch
-    if arch not in VGG_ARCHS and not is_dln(arch) and not is_mlp(arch):
-        choices = ", ".join((*VGG_ARCHS, *MLP_ARCHS))
+    if arch not in VGG_ARCHS and not is_dln(arch) and not is_mlp(arch) and not is_resnet(arch):
+        choices = ", ".join((*VGG_ARCHS, *MLP_ARCHS, "resnet20 ... resnet110[_noshort]"))
         raise ConfigError(f"unknown {{key}} {arch!r}; choose one of {choices}, dln or dlnN", "arch")
     dln_data = config.data == "dln" or config.data.startswith("dln:")
     if is_dln(arch) != dln_data:

@@ -21,12 +21,15 @@ from landscape.config import (
     DLN_DEPTH,
     MLP_ARCHS,
     PLACEMENTS,
+    RESNET_ARCHS,
     dln_depth,
     group_norm_groups,
     is_dln,
     is_mlp,
+    is_resnet,
     mlp_activation,
     register_norm_name,
+    resnet_blocks,
 )
 from landscape.norms import (
     PAPER_NOISE,
@@ -160,15 +163,24 @@ class Conv3x3(nn.Module):
     # Salimans and Kingma's reparametrisation: the kernel used is g v / ||v|| per output channel,
     # ``kernel`` holding v and ``scale`` g (landscape.norms.weight_norm_params).
     weight_norm: bool = False
+    stride: int = 1  # 2: every other output row and column (the ResNets' downsampling)
+    kernel_init: Callable = glorot
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         in_features = x.shape[-1]
-        kernel = self.param("kernel", glorot, (3, 3, in_features, self.features), jnp.float32)
+        shape = (3, 3, in_features, self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
         if self.weight_norm:
             kernel = weight_norm_params(self, kernel)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         impl = auto_conv_impl(x.shape[1], x.shape[2]) if self.impl == "auto" else self.impl
+        if impl == "xla" and self.stride != 1:
+            strides = (self.stride, self.stride)
+            y = jax.lax.conv_general_dilated(
+                x, kernel, strides, ((1, 1), (1, 1)), dimension_numbers=_NHWC
+            )
+            return y + bias
         if impl == "xla":
             y = _same_conv(x, kernel)
         elif impl == "canonical":
@@ -183,7 +195,8 @@ class Conv3x3(nn.Module):
             y = patches @ kernel.reshape(9 * in_features, self.features)
         else:
             raise ValueError(f"unknown convolution implementation {self.impl!r}")
-        return y + bias
+        # A strided 'same' convolution is the stride-1 one at every stride-th pixel.
+        return y[:, :: self.stride, :: self.stride, :] + bias
 
 
 # --- normalisation layers, chosen by name -----------------------------------------------------
@@ -358,8 +371,8 @@ def create_model(
     """
     if is_dln(arch):
         return create_dln(arch, width=width, norm=norm, num_outputs=num_classes, noise=noise)
-    if arch not in VGG_CONFIGS and not is_mlp(arch):
-        choices = ", ".join((*VGG_CONFIGS, *MLP_ARCHS))
+    if arch not in VGG_CONFIGS and not is_mlp(arch) and not is_resnet(arch):
+        choices = ", ".join((*VGG_CONFIGS, *MLP_ARCHS, *RESNET_ARCHS))
         raise ValueError(f"unknown architecture {arch!r}; choose one of {choices}, dln or dlnN")
     make_norm(norm, True)  # validates the name early, with the list of choices
     if placement not in PLACEMENTS:
@@ -383,6 +396,20 @@ def create_model(
             )
     if not isinstance(conv_impl, str):
         conv_impl = tuple(conv_impl)
+    if is_resnet(arch):
+        if not isinstance(conv_impl, str):
+            raise ValueError("a ResNet takes one convolution implementation for all its layers")
+        blocks, shortcuts = resnet_blocks(arch)
+        return ResNet(
+            blocks=blocks,
+            shortcuts=shortcuts,
+            width=width,
+            norm=norm,
+            placement=placement,
+            num_classes=num_classes,
+            conv_impl=conv_impl,
+            noise=noise,
+        )
     return VGG(
         depth=arch,
         width=width,
@@ -392,6 +419,91 @@ def create_model(
         conv_impl=conv_impl,
         noise=noise,
     )
+
+
+# --- He et al.'s CIFAR ResNets, with and without shortcuts -------------------------------------
+
+RESNET_STAGES = (16, 32, 64)  # channels of the three stages (He et al. 2016, Sec. 4.2)
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # He et al. 2015
+
+
+class ResNet(nn.Module):
+    """He et al. 2016's ResNet for CIFAR (Sec. 4.2): a 3x3 convolution of 16 channels, three
+    stages of ``blocks`` residual blocks with 16, 32 and 64 channels (times ``width``), the first
+    block of the second and third stage halving the map with stride 2, then global average
+    pooling and one linear classifier: 6 ``blocks`` + 2 layers.
+
+    A block is conv, normalisation, nonlinearity, conv, normalisation, plus its input, then the
+    nonlinearity. The shortcut is the identity, or where the width doubles the input subsampled
+    with its new channels zero (option A, no parameters). ``shortcuts=False`` drops them, Li et
+    al. 2018's "noshort" networks. ``placement="after"`` moves each normalisation after its
+    nonlinearity (after the sum for the block's second one). Convolutions start from He
+    initialisation, as in the paper.
+    """
+
+    blocks: int = 3
+    shortcuts: bool = True
+    width: float = 1.0
+    norm: str = "none"
+    placement: str = "before"
+    num_classes: int = 10
+    conv_impl: str = "xla"
+    noise: NoiseConfig = PAPER_NOISE
+
+    def _conv(self, features: int, stride: int = 1) -> Conv3x3:
+        return Conv3x3(
+            features,
+            impl=self.conv_impl,
+            weight_norm=uses_weight_norm(self.norm),
+            stride=stride,
+            kernel_init=he_normal,
+        )
+
+    def _activate(self, x: jax.Array, train: bool, index: int) -> jax.Array:
+        """Normalisation and ReLU in the chosen order; the input of the ReLU is sown as
+        ``preact<index>`` (``landscape activations``)."""
+        norm = make_norm(self.norm, train, self.noise)
+        if self.placement == "before" and norm is not None:
+            x = norm(x)
+        self.sow("intermediates", f"preact{index}", x)
+        x = nn.relu(x)
+        if self.placement == "after" and norm is not None:
+            x = norm(x)
+        return x
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        count = 1
+        x = self._activate(self._conv(scaled_width(RESNET_STAGES[0], self.width))(x), train, count)
+        for stage, channels in enumerate(RESNET_STAGES):
+            features = scaled_width(channels, self.width)
+            for block in range(self.blocks):
+                stride = 2 if stage > 0 and block == 0 else 1
+                count += 1
+                y = self._activate(self._conv(features, stride)(x), train, count)
+                y = self._conv(features)(y)
+                norm = make_norm(self.norm, train, self.noise)
+                if self.placement == "before" and norm is not None:
+                    y = norm(y)
+                if self.shortcuts:
+                    y = y + _option_a(x, features, stride)
+                count += 1
+                self.sow("intermediates", f"preact{count}", y)
+                x = nn.relu(y)
+                if self.placement == "after" and norm is not None:
+                    x = norm(x)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, kernel_init=glorot, bias_init=nn.initializers.zeros)(x)
+
+
+def _option_a(x: jax.Array, features: int, stride: int) -> jax.Array:
+    """He et al.'s option A shortcut: the input at every ``stride``-th pixel, its channels padded
+    with zeros up to ``features`` (split between both sides, as the usual CIFAR code does)."""
+    x = x[:, ::stride, ::stride, :]
+    extra = features - x.shape[-1]
+    if extra <= 0:
+        return x
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
 # --- Ioffe and Szegedy's MLP (their Figure 1) --------------------------------------------------

@@ -221,3 +221,74 @@ def test_max_pool_equals_flax_in_value_and_gradient_even_with_ties(shape):
     assert int(jnp.sum(jax.grad(lambda u: jnp.sum(max_pool_2x2(u)))(ties) != 0)) <= weights.size
     for i, j in ((0, 0), (0, 1), (1, 1)):  # a NaN anywhere in a window propagates, as in flax
         assert bool(jnp.isnan(max_pool_2x2(x.at[0, i, j, 0].set(jnp.nan))[0, 0, 0, 0]))
+
+
+def _resnet_params(blocks: int, norm_params: int = 2) -> int:
+    """He et al.'s CIFAR ResNet counted by hand: 3x3 convs with biases, two BatchNorm
+    parameters per channel after each conv, option A shortcuts (none), a 64-to-10 classifier."""
+    conv = lambda cin, cout: 9 * cin * cout + cout + norm_params * cout  # noqa: E731
+    total, cin = conv(3, 16), 16
+    for cout in (16, 32, 64):
+        for _ in range(blocks):
+            total += conv(cin, cout) + conv(cout, cout)
+            cin = cout
+    return total + 64 * 10 + 10
+
+
+@pytest.mark.parametrize("depth", [20, 32, 56, 110])
+def test_resnets_have_he_et_al_s_parameters(depth):
+    from landscape.models import count_params, create_model
+
+    model = create_model(f"resnet{depth}", norm="batchnorm")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    assert count_params(variables["params"]) == _resnet_params((depth - 2) // 6)
+    assert count_params(variables["params"]) == count_params(
+        create_model(f"resnet{depth}_noshort", norm="batchnorm").init(
+            jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+        )["params"]
+    )  # the shortcuts add no parameters (option A)
+
+
+def test_option_a_shortcuts_carry_the_input_past_silent_blocks():
+    """With every block's convolutions zero, a block outputs ReLU(its shortcut): the stem's
+    features reach the classifier through the zero-padded, subsampled shortcuts, and without
+    shortcuts nothing does."""
+    from landscape.models import create_model
+
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    outs = {}
+    for arch in ("resnet20", "resnet20_noshort"):
+        model = create_model(arch, width=0.5)
+        params = model.init(jax.random.key(0), x, train=False)["params"]
+        stem = "Conv3x3_0"
+        silent = {
+            name: (jax.tree.map(jnp.zeros_like, p) if name.startswith("Conv3x3") and name != stem else p)
+            for name, p in params.items()
+        }  # fmt: skip
+        outs[arch] = model.apply({"params": silent}, x, train=False)
+    stem_out = jax.nn.relu(
+        jax.lax.conv_general_dilated(
+            x, params["Conv3x3_0"]["kernel"], (1, 1), ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        ) + params["Conv3x3_0"]["bias"]
+    )  # fmt: skip
+    # Two subsamplings (stride 2), channels 8 -> 16 -> 32 padded with zeros on both sides.
+    pooled = stem_out[:, ::4, ::4, :].mean(axis=(1, 2))
+    padded = jnp.pad(pooled, ((0, 0), (12, 12)))
+    dense = params["Dense_0"]
+    np.testing.assert_allclose(
+        outs["resnet20"], padded @ dense["kernel"] + dense["bias"], rtol=1e-5
+    )
+    np.testing.assert_allclose(outs["resnet20_noshort"], jnp.broadcast_to(dense["bias"], (2, 10)))
+
+
+@pytest.mark.parametrize("impl", ["canonical", "shifted"])
+def test_strided_convolutions_agree_across_implementations(impl):
+    from landscape.models import Conv3x3
+
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+    reference = Conv3x3(6, impl="xla", stride=2)
+    params = reference.init(jax.random.key(2), x)
+    np.testing.assert_allclose(
+        Conv3x3(6, impl=impl, stride=2).apply(params, x), reference.apply(params, x), atol=1e-5
+    )

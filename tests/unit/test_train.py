@@ -296,3 +296,13 @@ def test_divergence_stops_the_variant_with_a_record_and_keep_going_trains_on(
     (on,) = run(cfg, tmp_path / "on", progress=False, dataset=tiny_dataset, keep_going=True)
     assert on.steps_run == 8 and on.diverged["stopped"] is False
     assert on.diverged["step"] == record["step"]
+
+
+def test_a_resnet_with_batchnorm_trains_and_probes(tmp_path, tiny_config, tiny_dataset):
+    cfg = with_(
+        tiny_config, steps=3, variants=("batchnorm",), model={"arch": "resnet20", "width": 0.25}
+    )
+    (report,) = run(cfg, tmp_path / "r", progress=False, dataset=tiny_dataset)
+    rows = read_rows(tmp_path / "r" / "batchnorm" / "probe.jsonl")
+    assert report.steps_run == 3 and [r["step"] for r in rows] == [0, 1, 2]
+    assert all(np.isfinite(r["beta"]) for r in rows)
