@@ -129,6 +129,25 @@ def resnet_blocks(arch: str) -> tuple[int, bool]:
     return (int(depth) - 2) // 6, suffix != "noshort"
 
 
+# A small Vision Transformer for 32x32 images (Dosovitskiy et al. 2021 at CIFAR size): "vit" has
+# 4 blocks; "vit<depth>" another number. Its normalisation is per token: layernorm or rmsnorm
+# before each sub-layer (--placement before: pre-LN) or after its residual sum (after: post-LN).
+VIT_NORMS = ("none", "layernorm", "rmsnorm")
+VIT_DEPTH = 4
+
+
+def is_vit(arch: str) -> bool:
+    """Returns True for a Vision Transformer's name: ``vit`` or ``vit<depth>``."""
+    return arch == "vit" or (arch.startswith("vit") and arch[3:].isdigit() and int(arch[3:]) > 0)
+
+
+def vit_depth(arch: str) -> int:
+    """Returns the number of Transformer blocks of the ViT named ``arch``."""
+    if not is_vit(arch):
+        raise ValueError(f"{arch!r} is not a Vision Transformer (vit or vit<depth>)")
+    return VIT_DEPTH if arch == "vit" else int(arch[3:])
+
+
 def mlp_activation(arch: str) -> str:
     """Returns the nonlinearity of the MLP named ``arch`` (``mlp``: sigmoid, ``mlp_<name>``)."""
     if not is_mlp(arch):
@@ -625,9 +644,18 @@ def validate(config: RunConfig) -> RunConfig:
 
 def _validate_builtin_model(config: RunConfig) -> None:
     arch = config.model.arch
-    if arch not in VGG_ARCHS and not is_dln(arch) and not is_mlp(arch) and not is_resnet(arch):
-        choices = ", ".join((*VGG_ARCHS, *MLP_ARCHS, "resnet20 ... resnet110[_noshort]"))
+    known = (is_dln(arch), is_mlp(arch), is_resnet(arch), is_vit(arch), arch in VGG_ARCHS)
+    if not any(known):
+        choices = ", ".join((*VGG_ARCHS, *MLP_ARCHS, "resnet20 ... resnet110[_noshort]", "vit"))
         raise ConfigError(f"unknown {{key}} {arch!r}; choose one of {choices}, dln or dlnN", "arch")
+    if is_vit(arch):
+        for variant in config.variants:
+            if norm_for_variant(variant) not in VIT_NORMS:
+                raise ConfigError(
+                    f"variant {variant!r}: a Vision Transformer normalises each token, with "
+                    "standard (none), layernorm or rmsnorm",
+                    "variants",
+                )
     dln_data = config.data == "dln" or config.data.startswith("dln:")
     if is_dln(arch) != dln_data:
         raise ConfigError(

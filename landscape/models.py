@@ -27,9 +27,11 @@ from landscape.config import (
     is_dln,
     is_mlp,
     is_resnet,
+    is_vit,
     mlp_activation,
     register_norm_name,
     resnet_blocks,
+    vit_depth,
 )
 from landscape.norms import (
     PAPER_NOISE,
@@ -371,6 +373,10 @@ def create_model(
     """
     if is_dln(arch):
         return create_dln(arch, width=width, norm=norm, num_outputs=num_classes, noise=noise)
+    if is_vit(arch):
+        return create_vit(
+            arch, width=width, norm=norm, placement=placement, num_classes=num_classes
+        )
     if arch not in VGG_CONFIGS and not is_mlp(arch) and not is_resnet(arch):
         choices = ", ".join((*VGG_CONFIGS, *MLP_ARCHS, *RESNET_ARCHS))
         raise ValueError(f"unknown architecture {arch!r}; choose one of {choices}, dln or dlnN")
@@ -504,6 +510,101 @@ def _option_a(x: jax.Array, features: int, stride: int) -> jax.Array:
     if extra <= 0:
         return x
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+
+
+# --- a small Vision Transformer -----------------------------------------------------------------
+
+VIT_DIM, VIT_HEADS, VIT_PATCH = 64, 4, 4  # at --width 1: 64 tokens of 64 values, 4 heads
+
+
+def token_norm(norm: str, x: jax.Array) -> jax.Array:
+    """Normalises each token of ``x`` (batch, tokens, dim) over its values: LayerNorm (Ba et al.
+    2016) or RMSNorm (Zhang and Sennrich 2019), epsilon 1e-5; ``none`` returns ``x``. Called
+    inside a compact method, whose module then owns the layer."""
+    if norm == "layernorm":
+        return nn.LayerNorm(epsilon=1e-5)(x)
+    if norm == "rmsnorm":
+        return nn.RMSNorm(epsilon=1e-5)(x)
+    return x
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention then a two-layer GELU MLP, each added to its input. ``norm`` (none,
+    layernorm, rmsnorm) normalises each token: before each sub-layer (``placement="before"``,
+    pre-LN) or after each residual sum (``"after"``, the original Transformer's post-LN)."""
+
+    dim: int
+    heads: int
+    norm: str = "layernorm"
+    placement: str = "before"
+
+    def _norm(self, x: jax.Array) -> jax.Array:
+        return token_norm(self.norm, x)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Returns the block's output and the input of its MLP's nonlinearity."""
+        pre = self.placement == "before"
+        y = self._norm(x) if pre else x
+        y = nn.MultiHeadDotProductAttention(num_heads=self.heads, kernel_init=glorot)(y, y)
+        x = x + y
+        x = x if pre else self._norm(x)
+        y = self._norm(x) if pre else x
+        preact = nn.Dense(2 * self.dim, kernel_init=glorot)(y)
+        y = nn.Dense(self.dim, kernel_init=glorot)(nn.gelu(preact))
+        x = x + y
+        return (x if pre else self._norm(x)), preact
+
+
+class ViT(nn.Module):
+    """A Vision Transformer at CIFAR size (Dosovitskiy et al. 2021): 4x4 patches embedded by one
+    dense layer, learned position embeddings, ``depth`` Transformer blocks, a final
+    normalisation (pre-LN) and a linear classifier on the mean of the tokens."""
+
+    depth: int = 4
+    dim: int = VIT_DIM
+    heads: int = VIT_HEADS
+    norm: str = "layernorm"
+    placement: str = "before"
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        b, h, w, c = x.shape
+        p = VIT_PATCH
+        patches = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        tokens = nn.Dense(self.dim, kernel_init=glorot)(patches.reshape(b, -1, p * p * c))
+        position = self.param(
+            "position", nn.initializers.normal(0.02), (1, tokens.shape[1], self.dim)
+        )
+        x = tokens + position
+        for index in range(1, self.depth + 1):
+            x, preact = TransformerBlock(self.dim, self.heads, self.norm, self.placement)(x)
+            # The input to block n's GELU, as ``landscape activations`` reads it.
+            self.sow("intermediates", f"preact{index}", preact)
+        if self.placement == "before":
+            x = token_norm(self.norm, x)  # pre-LN leaves the last residual sum unnormalised
+        return nn.Dense(self.num_classes, kernel_init=glorot)(x.mean(axis=1))
+
+
+def create_vit(
+    arch: str = "vit",
+    *,
+    width: float = 1.0,
+    norm: str = "layernorm",
+    placement: str = "before",
+    num_classes: int = 10,
+) -> ViT:
+    """Returns the ViT named ``arch`` (``vit``: 4 blocks, ``vit<depth>``); ``width`` scales the
+    token size (64 at 1, kept a multiple of the 4 heads)."""
+    if norm not in ("none", "layernorm", "rmsnorm"):
+        raise ValueError(
+            f"a Vision Transformer normalises tokens with none, layernorm or rmsnorm, not {norm!r}"
+        )
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; choose 'before' or 'after'")
+    dim = max(VIT_HEADS, VIT_HEADS * round(VIT_DIM * width / VIT_HEADS))
+    return ViT(vit_depth(arch), dim, VIT_HEADS, norm, placement, num_classes)
 
 
 # --- Ioffe and Szegedy's MLP (their Figure 1) --------------------------------------------------

@@ -292,3 +292,31 @@ def test_strided_convolutions_agree_across_implementations(impl):
     np.testing.assert_allclose(
         Conv3x3(6, impl=impl, stride=2).apply(params, x), reference.apply(params, x), atol=1e-5
     )
+
+
+def test_vit_places_its_token_normalisation_before_or_after_each_sub_layer():
+    """Pre-LN normalises each sub-layer's input and the final tokens; post-LN each residual
+    sum: with LayerNorm's scale and shift at their initial 1 and 0, every token of a post-LN
+    block's output has mean 0 and variance 1 (epsilon aside), and a pre-LN one does not."""
+    from landscape.models import TransformerBlock, create_vit
+
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (2, 5, 16))
+    for placement, normalised in (("after", True), ("before", False)):
+        block = TransformerBlock(16, 4, "layernorm", placement)
+        params = block.init(jax.random.key(1), x)
+        y, preact = block.apply(params, x)
+        assert preact.shape == (2, 5, 32)
+        mean_zero = np.allclose(y.mean(-1), 0, atol=1e-5)
+        unit_variance = np.allclose(y.var(-1), 1, atol=1e-3)
+        assert (mean_zero and unit_variance) is normalised, placement
+    none = TransformerBlock(16, 4, "none", "before")
+    assert "LayerNorm_0" not in none.init(jax.random.key(1), x)["params"]
+    vit = create_vit("vit2", width=0.5, norm="rmsnorm")
+    variables = vit.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)))
+    assert vit.dim == 32 and [k for k in variables["params"] if "Block" in k] == [
+        "TransformerBlock_0", "TransformerBlock_1"
+    ]  # fmt: skip
+    _, sown = vit.apply(variables, jnp.ones((2, 32, 32, 3)), mutable=["intermediates"])
+    assert sorted(sown["intermediates"]) == ["preact1", "preact2"]
+    with pytest.raises(ValueError, match="normalises tokens with none, layernorm or rmsnorm"):
+        create_vit(norm="batchnorm")

@@ -306,3 +306,10 @@ def test_a_resnet_with_batchnorm_trains_and_probes(tmp_path, tiny_config, tiny_d
     rows = read_rows(tmp_path / "r" / "batchnorm" / "probe.jsonl")
     assert report.steps_run == 3 and [r["step"] for r in rows] == [0, 1, 2]
     assert all(np.isfinite(r["beta"]) for r in rows)
+
+
+def test_a_vision_transformer_trains_and_probes(tmp_path, tiny_config, tiny_dataset):
+    cfg = with_(tiny_config, steps=3, variants=("layernorm",), model={"arch": "vit2", "width": 0.5})
+    (report,) = run(cfg, tmp_path / "r", progress=False, dataset=tiny_dataset)
+    rows = read_rows(tmp_path / "r" / "layernorm" / "probe.jsonl")
+    assert report.steps_run == 3 and all(np.isfinite(r["beta"]) for r in rows)
