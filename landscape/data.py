@@ -48,6 +48,13 @@ RECORD_BYTES = 1 + 32 * 32 * 3  # label byte, then 1024 R, 1024 G, 1024 B bytes 
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILE = "test_batch.bin"
 META_FILE = "batches.meta.txt"
+# CIFAR-100's binary version (Krizhevsky 2009): train.bin and test.bin, each record a coarse
+# label byte, a fine label byte, then the image as CIFAR-10 stores it; the 100 fine labels are
+# the classes here, named in fine_label_names.txt.
+CIFAR100_TRAIN, CIFAR100_TEST = "train.bin", "test.bin"
+CIFAR100_NAMES = "fine_label_names.txt"
+CIFAR100_RECORD_BYTES = 2 + 32 * 32 * 3
+CIFAR100_ARCHIVE = "cifar-100-binary.tar.gz"
 # Naming the decoder up front skips PIL's trial of every plugin: about a third of decode time.
 IMAGE_FORMATS = {
     ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP",
@@ -364,7 +371,15 @@ def _split_of(name: str) -> tuple[str, str] | None:
 
 
 def _is_binary_name(name: str) -> bool:
-    return name.rsplit("/", 1)[-1] in (*TRAIN_FILES, TEST_FILE, META_FILE)
+    base = name.rsplit("/", 1)[-1]
+    return base in (
+        *TRAIN_FILES,
+        TEST_FILE,
+        META_FILE,
+        CIFAR100_TRAIN,
+        CIFAR100_TEST,
+        CIFAR100_NAMES,
+    )
 
 
 def _wanted(name: str) -> bool:
@@ -373,6 +388,10 @@ def _wanted(name: str) -> bool:
 
 def _has_binary(files: Mapping[str, Source]) -> bool:
     return any(n.rsplit("/", 1)[-1] in (*TRAIN_FILES, TEST_FILE) for n in files)
+
+
+def _has_cifar100(files: Mapping[str, Source]) -> bool:
+    return any(n.rsplit("/", 1)[-1] in (CIFAR100_TRAIN, CIFAR100_TEST) for n in files)
 
 
 def _read(source: Source) -> bytes:
@@ -532,6 +551,43 @@ def _binary_dataset(files: Mapping[str, Source], path: Path, checksum: str | Non
         else None
     )
     return _make_dataset("cifar10", train, test, _classes_from_meta(meta), path, checksum)
+
+
+def parse_cifar100_records(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (images uint8 (n, 32, 32, 3) NHWC, fine labels int32 (n,)) from CIFAR-100's
+    ``train.bin`` or ``test.bin``."""
+    if len(data) == 0 or len(data) % CIFAR100_RECORD_BYTES:
+        raise DataError(
+            f"{name}: {len(data)} bytes is not a whole number of {CIFAR100_RECORD_BYTES}-byte "
+            "CIFAR-100 records (truncated, or not the binary version)"
+        )
+    records = np.frombuffer(data, np.uint8).reshape(-1, CIFAR100_RECORD_BYTES)
+    coarse, fine = records[:, 0], records[:, 1].astype(np.int32)
+    if coarse.max() > 19 or fine.max() > 99:
+        raise DataError(f"{name}: labels out of range (not CIFAR-100 binary data)")
+    images = records[:, 2:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), fine
+
+
+def _cifar100_dataset(files: Mapping[str, Source], path: Path, checksum: str | None) -> Dataset:
+    by_base: dict[str, str] = {}
+    for name in sorted(files):
+        by_base.setdefault(name.rsplit("/", 1)[-1], name)
+    splits = []
+    for base in (CIFAR100_TRAIN, CIFAR100_TEST):
+        if base not in by_base:
+            raise DataError(
+                f"{path}: missing {base} (CIFAR-100's binary version has train.bin and test.bin)"
+            )
+        splits.append(
+            parse_cifar100_records(_read(files[by_base[base]]), f"{path}: {by_base[base]}")
+        )
+    names = ()
+    if CIFAR100_NAMES in by_base:
+        text = _read(files[by_base[CIFAR100_NAMES]]).decode("utf-8", "replace")
+        names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    classes = names if len(names) == 100 else tuple(f"class{i}" for i in range(100))
+    return _make_dataset("cifar100", splits[0], splits[1], classes, path, checksum)
 
 
 def read_cifar10_binary(path: str | os.PathLike) -> Dataset:
@@ -1040,6 +1096,8 @@ def load_path(
         return read_idx_folder(path)
     if path.is_dir():
         files = _folder_files(path)
+        if _has_cifar100(files):
+            return _cifar100_dataset(files, path, None)
         if _has_binary(files):
             return _binary_dataset(files, path, None)
         return _image_dataset(path, _folder_signature(path), lambda: files, cache_dir, progress)
@@ -1050,6 +1108,8 @@ def load_path(
     if cached is not None:
         return _cached_dataset(path, cached)
     files = _tar_files(path, progress)
+    if _has_cifar100(files):
+        return _cifar100_dataset(files, path, key)
     if _has_binary(files):
         return _binary_dataset(files, path, key)
     return _image_dataset(path, key, lambda: files, cache_dir, progress)
@@ -1076,7 +1136,9 @@ def load_dataset(
     ``spec`` is ``"synthetic"`` (or ``"synthetic:SEED"``), ``"dln"`` (or ``"dln:SEED"``: the deep
     linear network's regression task, ``dln_dataset``), ``"mnist"``, ``"fashion-mnist"`` (or
     ``NAME:DIR``: the official IDX files, ``load_idx``), a user's ``.npz`` file or data factory
-    (``landscape.user_data``), a path (binary archive or folder, image folder or tar), or ``"cifar10"``/None for real CIFAR-10 found in this order:
+    (``landscape.user_data``), a path (CIFAR-10's or CIFAR-100's binary archive or folder, image
+    folder or tar), ``"cifar100"`` (``cifar-100-binary.tar.gz`` in the cache folder), or
+    ``"cifar10"``/None for real CIFAR-10 found in this order:
     ``$LANDSCAPE_DATA`` (a path), the cache folder (``cifar-10-binary.tar.gz`` or
     ``cifar-10-batches-bin/``), a download (when ``download``). Never falls back to other data:
     when nothing works it raises ``DataError`` with one line listing the options.
@@ -1098,6 +1160,14 @@ def load_dataset(
         return load_idx(spec, cache_dir)
     if spec is not None and is_user_data(spec):
         return load_user_data(spec)
+    if spec == "cifar100":
+        archive = resolve_cache_dir(cache_dir) / CIFAR100_ARCHIVE
+        if not archive.exists():
+            raise DataError(
+                f"no CIFAR-100 found: pass --data PATH to {CIFAR100_ARCHIVE} (the official binary "
+                f"version) or its extracted folder, or put the archive in {archive.parent}"
+            )
+        return load_path(archive, cache_dir=cache_dir, progress=progress)
     if spec not in (None, "", "cifar10"):
         return load_path(spec, cache_dir=cache_dir, progress=progress)
     env = os.environ.get("LANDSCAPE_DATA", "").strip()

@@ -516,3 +516,50 @@ def test_normalize_on_numpy_and_under_jit():
     jitted = jax.jit(normalize)(jnp.asarray(images), jnp.asarray(mean), jnp.asarray(std))
     assert jitted.dtype == jnp.float32
     np.testing.assert_allclose(jitted, expected, rtol=1e-5, atol=1e-6)
+
+
+def _cifar100_archive(path, train=20, test=10, names=True, cut=0):
+    """A CIFAR-100 binary archive of ``train``/``test`` records with known pixels and labels."""
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(0)
+
+    def records(n):
+        coarse = rng.integers(0, 20, n, dtype=np.uint8)
+        fine = rng.integers(0, 100, n, dtype=np.uint8)
+        pixels = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        return np.concatenate([coarse[:, None], fine[:, None], pixels], 1), fine, pixels
+
+    members = {}
+    train_rec, train_fine, train_px = records(train)
+    test_rec, _, _ = records(test)
+    members["cifar-100-binary/train.bin"] = train_rec.tobytes()[: len(train_rec.tobytes()) - cut]
+    members["cifar-100-binary/test.bin"] = test_rec.tobytes()
+    if names:
+        members["cifar-100-binary/fine_label_names.txt"] = "\n".join(
+            f"name{i}" for i in range(100)
+        ).encode()
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return train_fine, train_px
+
+
+def test_cifar100_binary_reads_fine_labels_and_refuses_damage(tmp_path):
+    from landscape.data import DataError, load_dataset, load_path
+
+    fine, pixels = _cifar100_archive(tmp_path / "c100.tar.gz")
+    ds = load_path(tmp_path / "c100.tar.gz")
+    assert ds.name == "cifar100" and ds.num_classes == 100 and ds.classes[7] == "name7"
+    np.testing.assert_array_equal(ds.train_labels, fine)
+    # Pixels: three planes (R, G, B) per record, stored row-major, read as NHWC.
+    np.testing.assert_array_equal(ds.train_images[3, 1, 2], pixels[3].reshape(3, 32, 32)[:, 1, 2])
+    assert ds.train_images.shape == (20, 32, 32, 3) and ds.test_images.shape == (10, 32, 32, 3)
+    _cifar100_archive(tmp_path / "cut.tar.gz", cut=100)
+    with pytest.raises(DataError, match="not a whole number of 3074-byte CIFAR-100 records"):
+        load_path(tmp_path / "cut.tar.gz")
+    with pytest.raises(DataError, match="no CIFAR-100 found"):
+        load_dataset("cifar100", cache_dir=tmp_path / "empty")
