@@ -131,6 +131,13 @@ def needed_iterations(sequence: np.ndarray, reference: float, tol: float) -> int
     return last + 1 if last < len(sequence) else None
 
 
+def errors_at(sequence: np.ndarray, reference: float) -> dict[str, float]:
+    """Returns the relative error of ``sequence`` after 2, 5, 10, 15, 20, 30 ... iterations
+    (those it has), keyed by the count: how accuracy grows with a fixed iteration budget."""
+    counts = [m for m in (2, 5, 10, 15, 20, 30, 40, 60, 100) if m <= len(sequence)]
+    return {str(m): abs(float(sequence[m - 1]) - reference) / abs(reference) for m in counts}
+
+
 # --- our side --------------------------------------------------------------------------------------
 
 
@@ -294,6 +301,7 @@ def build(args, say: Callable[[str], None]) -> tuple[list[Candidate], list[dict]
             "lambda_max": reference,
             "reference_iters": args.reference_iters,
             "ours_lanczos_iters": m_ours,
+            "ours_lanczos_error_at": errors_at(sequence, reference),
             "parameters": ours.dim,
         }
         add = candidates.append
@@ -327,12 +335,19 @@ def build(args, say: Callable[[str], None]) -> tuple[list[Candidate], list[dict]
             mode,
         )
         twin = tools.TorchTwin(*twin_args)
+        initial = trainer.initial_state()
+        init_twin = tools.TorchTwin(
+            *twin_args[:3],
+            jax.device_get(initial.params),
+            jax.device_get(initial.batch_stats),
+            *twin_args[5:],
+        )
         add(Candidate("torch", "gradient", setting, "autograd", tools.gradient_fn(twin)))
         _add_eigenthings(
             tools, peers, twin, setting, reference, args, add, pitfalls, references, say
         )
         _add_pyhessian(tools, peers, twin, setting, reference, args, add, pitfalls, references, say)
-        _add_loss_landscapes(tools, peers, twin, setting, sides, add, pitfalls, say)
+        _add_loss_landscapes(tools, peers, twin, init_twin, setting, sides, add, pitfalls, say)
     run_settings = {
         "network": args.network,
         "model": dataclasses.asdict(config.model),
@@ -372,6 +387,8 @@ def _add_eigenthings(tools, peers, twin, setting, reference, args, add, pitfalls
         refs[setting][f"{name} lanczos_iters"] = m_lanczos
         refs[setting][f"{name} power_iters"] = m_power
         refs[setting][f"{name} lanczos_final"] = float(lanczos_seq[-1])
+        refs[setting][f"{name} lanczos_error_at"] = errors_at(lanczos_seq, reference)
+        refs[setting][f"{name} power_error_at"] = errors_at(power_seq, reference)
         add(
             Candidate(
                 name, "hvp", setting, "HessianOperator.matvec", tools.eigenthings_hvp_fn(he, twin)
@@ -438,6 +455,7 @@ def _add_pyhessian(tools, peers, twin, setting, reference, args, add, pitfalls, 
         seq = tools.pyhessian_power_sequence(ph, twin, args.power_iters, args.seed, keep_train)
         m = needed_iterations(seq, reference, args.tol)
         refs[setting][f"{name} power_iters"] = m
+        refs[setting][f"{name} power_error_at"] = errors_at(seq, reference)
         iters = m or args.power_iters
         add(
             Candidate(
@@ -471,6 +489,8 @@ def _add_pyhessian(tools, peers, twin, setting, reference, args, add, pitfalls, 
                 method_note,
             )
         )
+        if setting != "bn-train":
+            return  # its defaults force eval mode: the bn-train setting shows what that does
         say(f"{setting}: {name}: defaults")
         pitfalls.append(
             {
@@ -484,7 +504,7 @@ def _add_pyhessian(tools, peers, twin, setting, reference, args, add, pitfalls, 
         add(_missing(name, setting, tools.first_line(err)))
 
 
-def _add_loss_landscapes(tools, peers, twin, setting, sides, add, pitfalls, say):
+def _add_loss_landscapes(tools, peers, twin, init_twin, setting, sides, add, pitfalls, say):
     name = "loss-landscapes"
     ll = peers.get(name)
     if ll is None:
@@ -501,6 +521,8 @@ def _add_loss_landscapes(tools, peers, twin, setting, sides, add, pitfalls, say)
                 side * side,
             )
         )
+    if setting == "bn-eval":
+        return  # the weights of bn-train; its defaults there say it all
     say(f"{setting}: {name}: defaults")
     pitfalls.append(
         {
@@ -508,6 +530,15 @@ def _add_loss_landscapes(tools, peers, twin, setting, sides, add, pitfalls, say)
             "setting": setting,
             "call": f"random_plane(model, metric, steps={sides[0]})",
             **_safe(lambda: tools.loss_landscapes_defaults(ll, twin, sides[0])),
+        }
+    )
+    # At initialisation every bias is exactly zero, as in a freshly built network.
+    pitfalls.append(
+        {
+            "tool": name,
+            "setting": setting,
+            "call": "random_plane(model, metric, steps=3) at initialisation",
+            **_safe(lambda: tools.loss_landscapes_defaults(ll, init_twin, 3)),
         }
     )
 
@@ -663,6 +694,64 @@ def print_table(result: dict) -> None:
         print(f"pitfall: {json.dumps(p)}")
 
 
+TASK_ORDER = ("lambda_max", "trace", "surface", "hvp", "gradient")
+
+
+def _value_text(r: dict) -> str:
+    if r["task"] == "lambda_max":
+        return f"{r['value']:.5g} (error {r['rel_error']:.0e})"
+    if r["task"] == "trace":
+        return f"{r['value']:.4g} ± {r['stderr']:.2g}"
+    if r["task"].startswith("surface"):
+        text = f"centre {r['value']:.4g}, range {r['min']:.3g}–{r['max']:.3g}"
+        return text + (f", {r['non_finite']} non-finite" if r.get("non_finite") else "")
+    if r["task"] == "gradient":
+        return f"norm {r['value']:.5g}"
+    return ""  # an HVP's norm: each framework draws its own random vector
+
+
+def markdown_table(result: dict) -> list[str]:
+    """Returns the result as the markdown table docs/performance.md shows: per setting and
+    task, ours then the peers, with ours / peer for the median and the first answer."""
+    lines = [
+        "| setting | task | tool: method (iterations) | value | median | gradient evals "
+        "| first answer | ours / tool: median, first |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    table = result["rows"]
+    for setting in result["settings"]["settings"]:
+        here = [r for r in table if r["setting"] == setting]
+        ours = {r["task"]: r for r in here if r["tool"] == OURS and "median_s" in r}
+        order = sorted(
+            here,
+            key=lambda r: (
+                next((i for i, t in enumerate(TASK_ORDER) if r["task"].startswith(t)), 9),
+                r["task"],
+                r["tool"] != OURS,
+            ),
+        )
+        for r in order:
+            method = r["method"] + (f" ({r['iterations']})" if r["iterations"] else "")
+            head = f"| {setting} | {r['task']} | {r['tool']}: {method} |"
+            if "error" in r:
+                lines.append(f"{head} fails: {r['error']} | | | | |")
+                continue
+            mine = ours.get(r["task"])
+            ratio = ""
+            if r["tool"] != OURS and mine:
+                ratio = (
+                    f"{mine['median_s'] / r['median_s']:.2f}x, "
+                    f"{mine['first_s'] / r['first_s']:.2f}x"
+                )
+            evals = f"{r['gradient_evals']:.1f}" if r.get("gradient_evals") else ""
+            note = f" ({r['note']})" if r["note"] else ""
+            lines.append(
+                f"{head} {_value_text(r)}{note} | {_fmt_s(r['median_s'])} | {evals} | "
+                f"{_fmt_s(r['first_s'])} | {ratio} |"
+            )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jax-only", action="store_true", help="only our rows (no torch)")
@@ -688,7 +777,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--reference-iters", type=int, default=60, help="Lanczos iterations of the reference"
     )
     parser.add_argument(
-        "--power-iters", type=int, default=150, help="most power iterations searched"
+        "--power-iters", type=int, default=100, help="most power iterations searched"
     )
     parser.add_argument("--probes", type=int, default=30, help="Hutchinson probes (every tool)")
     parser.add_argument("--grid", default="11", help="surface sides, e.g. 11 or 11,21")
@@ -732,6 +821,8 @@ def main(argv: list[str] | None = None) -> dict:
     with open(args.out, "a") as f:
         f.write(json.dumps(result) + "\n")
     print_table(result)
+    print("\nas in docs/performance.md:")
+    print("\n".join(markdown_table(result)))
     print(f"\nappended to {args.out}")
     return result
 
