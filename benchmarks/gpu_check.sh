@@ -230,7 +230,8 @@ bench_stage() {
     else
         # vmap is the accelerator's default strategy and map the CPU's; the unrolled probe is
         # never chosen on a GPU and compiles longest.
-        "$PY" -m landscape bench --preset paper --strategies vmap,map --out "$OUT/bench"
+        "$PY" -m landscape bench --preset paper --strategies vmap,map --repeats 3 --run-steps 10 \
+            --out "$OUT/bench"
     fi
 }
 
@@ -239,7 +240,7 @@ peers_stage() {
         "$PY" benchmarks/peers.py --jax-only --network smoke --settings bn-train --train-steps 2 --rounds 1 \
             --grid 3 --probes 4 --reference-iters 8 --power-iters 10 --out "$OUT/peers.jsonl"
     else
-        "$PY" benchmarks/peers.py --jax-only --data "$DATA" --rounds 3 --out "$OUT/peers.jsonl"
+        "$PY" benchmarks/peers.py --jax-only --data "$DATA" --rounds 2 --out "$OUT/peers.jsonl"
     fi
 }
 
@@ -252,12 +253,14 @@ if ! stage devices 60 devices_stage; then
     finish 3
 fi
 if [ "$DRY" = 0 ] && ! grep -q '"backend": "gpu"' "$OUT/devices.json"; then
-    say "JAX sees no GPU ($(grep '"backend"' "$OUT/devices.json")): stopping; --cpu-dry-run checks a CPU"
+    backend=$(sed -n 's/.*"backend": "\([^"]*\)".*/\1/p' "$OUT/devices.json")
+    say "JAX sees no GPU (its backend is ${backend:-unknown}): stopping; --cpu-dry-run checks a CPU"
     finish 3
 fi
-stage smoke_compare 180 smoke_compare_stage
+# Most important first: a stage the budget cuts short is reported as such in summary.json.
+stage smoke_compare 150 smoke_compare_stage
 stage paper_short 120 paper_short_stage
 stage paper_long 180 paper_long_stage && stage extrapolate 30 extrapolate_stage
-stage bench 150 bench_stage
-stage peers 150 peers_stage
+stage bench 120 bench_stage
+stage peers 120 peers_stage
 finish
