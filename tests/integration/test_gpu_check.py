@@ -1,0 +1,75 @@
+"""benchmarks/gpu_check.sh --cpu-dry-run: every stage of the GPU check runs on the CPU at tiny
+sizes, writes its results as it goes, and the summary carries the records' verdict."""
+
+import json
+import os
+import subprocess
+import sys
+
+from helpers import REPO
+
+SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
+STAGES = (
+    "install",
+    "devices",
+    "smoke_compare",
+    "paper_short",
+    "paper_long",
+    "extrapolate",
+    "bench",
+    "peers",
+)
+
+
+def test_the_dry_run_passes_every_stage_and_summarises(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), str(out), "--cpu-dry-run"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] and summary["mode"] == "cpu-dry-run"
+    assert list(summary["stages"]) == list(STAGES)
+    assert all(s["status"] == "ok" for s in summary["stages"].values())
+    assert summary["devices"]["backend"] == "cpu"
+
+    # The accelerator's code paths on the CPU against the CPU's own: equal to rounding, not
+    # bit for bit (a comparison that saw identical numbers would prove nothing).
+    compare = json.loads((out / "compare.json").read_text())
+    assert compare["ok"] and summary["records_agree"]
+    assert 0 < compare["max_abs_diff"] < 1e-2
+    assert set(compare["records"]) == {"batchnorm/probe.jsonl", "batchnorm/metrics.jsonl"}
+    assert compare["records"]["batchnorm/probe.jsonl"]["values"] > 0
+
+    # Both timed runs, both variants read from what `landscape probe` printed.
+    runs = [json.loads(line) for line in (out / "paper_runs.jsonl").read_text().splitlines()]
+    assert [(r["name"], r["steps"], r["rc"]) for r in runs] == [("short", 2, 0), ("long", 6, 0)]
+    assert all(set(r["variants"]) == {"standard", "batchnorm"} for r in runs)
+    assert not any((out / "paper_long").glob("*/checkpoints"))  # deleted, records kept
+    assert (out / "paper_long" / "batchnorm" / "probe.jsonl").exists()
+    protocol = summary["paper_protocol"]
+    assert protocol["preset"] == "smoke" and protocol["protocol_steps"] == 60
+    assert protocol["protocol_s"] > protocol["long_run_s"] > 0
+
+    assert summary["bench"]["train_step_s"] > 0
+    tasks = {(r["task"], r["tool"]) for r in summary["peers_jax"]}
+    assert {("lambda_max", "ours"), ("trace", "ours"), ("surface_3", "ours")} <= tasks
+    assert all(r["tool"] == "ours" for r in summary["peers_jax"])
+
+
+def test_bad_arguments_are_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run(
+        ["bash", str(SCRIPT)], capture_output=True, text=True, env={**os.environ, "OUT": ""}
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "give the output folder" in proc.stderr
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path), "--gpu"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "unknown option --gpu" in proc.stderr
