@@ -108,10 +108,34 @@ def model_layers(model: nn.Module, variables: dict, example: jax.Array, **kwargs
     jax.eval_shape(trace, variables, example)
     rank = {path: i for i, path in enumerate(called)}
     ordered = sorted(owners, key=lambda p: rank.get(p, len(rank)))
+
+    def kernel_ndim(module: tuple[str, ...]) -> int | None:
+        if not _owns_kernel(params, module):
+            return None
+        node = params
+        for key in module:
+            node = node[key]
+        return int(np.ndim(node["kernel"]))
+
+    return _grouped_layers(
+        ordered, kernel_ndim, "the model has no conv or dense layer (no parameter called 'kernel')"
+    )
+
+
+def _grouped_layers(
+    ordered: Sequence[tuple[str, ...]],
+    kernel_ndim: Callable[[tuple[str, ...]], int | None],
+    none_found: str,
+) -> list[Layer]:
+    """Returns the layers of parameter modules given in forward order: a module whose kernel
+    has ``kernel_ndim`` dimensions (None: it has no kernel) starts a layer, named ``conv<n>``
+    for a 4-d kernel or ``dense<n>`` (the last dense layer ``classifier``); every other module
+    joins the layer it follows (those before the first kernel join the first layer; with no
+    kernel after them, the last)."""
     groups: list[list[tuple[str, ...]]] = []
     leading: list[tuple[str, ...]] = []
     for module in ordered:
-        if _owns_kernel(params, module):
+        if kernel_ndim(module) is not None:
             groups.append([*leading, module])
             leading = []
         elif groups:
@@ -119,16 +143,12 @@ def model_layers(model: nn.Module, variables: dict, example: jax.Array, **kwargs
         else:
             leading.append(module)
     if not groups:
-        raise ValueError("the model has no conv or dense layer (no parameter called 'kernel')")
-    if leading:  # no kernel at all after them: they form the last group's tail
+        raise ValueError(none_found)
+    if leading:
         groups[-1].extend(leading)
     layers, convs, denses = [], 0, 0
     for group in groups:
-        kernel = [m for m in group if _owns_kernel(params, m)][-1]
-        node = params
-        for key in kernel:
-            node = node[key]
-        if np.ndim(node["kernel"]) == 4:
+        if max(kernel_ndim(m) or 0 for m in group) >= 4:
             convs += 1
             name = f"conv{convs}"
         else:
@@ -169,39 +189,20 @@ def traced_layers(network: Any, params: Any, state: Any, example: jax.Array) -> 
             if isinstance(var, Var) and var not in first_use:
                 first_use[var] = position
     never = len(jaxpr.eqns)
-    modules: dict[tuple[str, ...], tuple[int, bool]] = {}  # path -> (first use, owns a matrix)
-    for (path, leaf), var in zip(flat, jaxpr.invars, strict=True):
+    used: dict[tuple[str, ...], int] = {}  # module path -> its first use
+    for (path, _), var in zip(flat, jaxpr.invars, strict=True):
         module = tuple(_key(k) for k in path[:-1])
-        used, matrix = modules.get(module, (never, False))
-        modules[module] = (min(used, first_use.get(var, never)), matrix or np.ndim(leaf) >= 2)
-    ordered = sorted(modules, key=lambda m: modules[m][0])
-    groups: list[list[tuple[str, ...]]] = []
-    leading: list[tuple[str, ...]] = []
-    for module in ordered:
-        if modules[module][1]:
-            groups.append([*leading, module])
-            leading = []
-        elif groups:
-            groups[-1].append(module)
-        else:
-            leading.append(module)
-    if not groups:
-        raise ValueError("the network has no parameter of two or more dimensions (no layer)")
-    if leading:
-        groups[-1].extend(leading)
-    shapes = {tuple(_key(k) for k in path[:-1]): np.ndim(leaf) for path, leaf in flat}
-    layers, convs, denses = [], 0, 0
-    for group in groups:
-        if max(shapes[m] for m in group if modules[m][1]) >= 4:
-            convs += 1
-            name = f"conv{convs}"
-        else:
-            denses += 1
-            name = f"dense{denses}"
-        layers.append(Layer(name, tuple(group)))
-    if layers[-1].name.startswith("dense"):
-        layers[-1] = Layer("classifier", layers[-1].modules)
-    return layers
+        used[module] = min(used.get(module, never), first_use.get(var, never))
+    ordered = sorted(used, key=used.get)
+    ndims: dict[tuple[str, ...], int] = {}
+    for path, leaf in flat:
+        module = tuple(_key(k) for k in path[:-1])
+        ndims[module] = max(ndims.get(module, 0), int(np.ndim(leaf)))
+    return _grouped_layers(
+        ordered,
+        lambda m: ndims[m] if ndims[m] >= 2 else None,
+        "the network has no parameter of two or more dimensions (no layer)",
+    )
 
 
 def top_level_layers(params: Any) -> list[Layer]:

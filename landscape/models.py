@@ -340,15 +340,7 @@ class VGG(nn.Module):
                 weight_norm=uses_weight_norm(self.norm),
             )(x)
             conv_index += 1
-            norm = make_norm(self.norm, train, self.noise)
-            if self.placement == "before" and norm is not None:
-                x = norm(x)
-            # The input to the nonlinearity, the distribution Ioffe & Szegedy track (their
-            # Figure 1): kept only when "intermediates" is mutable, e.g. for landscape.activations.
-            self.sow("intermediates", f"preact{conv_index}", x)
-            x = nn.relu(x)
-            if self.placement == "after" and norm is not None:
-                x = norm(x)
+            x = normalise_and_activate(self, x, conv_index, train=train)
         x = x.reshape(x.shape[0], -1)
         return nn.Dense(self.num_classes, kernel_init=glorot, bias_init=nn.initializers.zeros)(x)
 
@@ -427,6 +419,33 @@ def create_model(
     )
 
 
+def normalise_and_activate(
+    module: nn.Module,
+    x: jax.Array,
+    index: int,
+    activation: Callable[[jax.Array], jax.Array] = nn.relu,
+    *,
+    train: bool,
+    shortcut: jax.Array | None = None,
+) -> jax.Array:
+    """The variant's normalisation and the nonlinearity, in ``module.placement``'s order, inside
+    ``module``'s compact method (which then owns the normalisation layer). ``shortcut`` (a
+    residual block's) is added after a normalisation placed before the nonlinearity. The input
+    of the nonlinearity, the distribution Ioffe & Szegedy track (their Figure 1), is sown as
+    ``preact<index>``: kept only when "intermediates" is mutable, e.g. for
+    ``landscape.activations``."""
+    norm = make_norm(module.norm, train, module.noise)
+    if module.placement == "before" and norm is not None:
+        x = norm(x)
+    if shortcut is not None:
+        x = x + shortcut
+    module.sow("intermediates", f"preact{index}", x)
+    x = activation(x)
+    if module.placement == "after" and norm is not None:
+        x = norm(x)
+    return x
+
+
 # --- He et al.'s CIFAR ResNets, with and without shortcuts -------------------------------------
 
 RESNET_STAGES = (16, 32, 64)  # channels of the three stages (He et al. 2016, Sec. 4.2)
@@ -465,39 +484,23 @@ class ResNet(nn.Module):
             kernel_init=he_normal,
         )
 
-    def _activate(self, x: jax.Array, train: bool, index: int) -> jax.Array:
-        """Normalisation and ReLU in the chosen order; the input of the ReLU is sown as
-        ``preact<index>`` (``landscape activations``)."""
-        norm = make_norm(self.norm, train, self.noise)
-        if self.placement == "before" and norm is not None:
-            x = norm(x)
-        self.sow("intermediates", f"preact{index}", x)
-        x = nn.relu(x)
-        if self.placement == "after" and norm is not None:
-            x = norm(x)
-        return x
-
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         count = 1
-        x = self._activate(self._conv(scaled_width(RESNET_STAGES[0], self.width))(x), train, count)
+        stem = self._conv(scaled_width(RESNET_STAGES[0], self.width))(x)
+        x = normalise_and_activate(self, stem, count, train=train)
         for stage, channels in enumerate(RESNET_STAGES):
             features = scaled_width(channels, self.width)
             for block in range(self.blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
                 count += 1
-                y = self._activate(self._conv(features, stride)(x), train, count)
+                y = normalise_and_activate(
+                    self, self._conv(features, stride)(x), count, train=train
+                )
                 y = self._conv(features)(y)
-                norm = make_norm(self.norm, train, self.noise)
-                if self.placement == "before" and norm is not None:
-                    y = norm(y)
-                if self.shortcuts:
-                    y = y + _option_a(x, features, stride)
+                shortcut = _option_a(x, features, stride) if self.shortcuts else None
                 count += 1
-                self.sow("intermediates", f"preact{count}", y)
-                x = nn.relu(y)
-                if self.placement == "after" and norm is not None:
-                    x = norm(x)
+                x = normalise_and_activate(self, y, count, train=train, shortcut=shortcut)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, kernel_init=glorot, bias_init=nn.initializers.zeros)(x)
 
@@ -655,13 +658,7 @@ class MLP(nn.Module):
                     bias_init=nn.initializers.zeros,
                     name=f"Dense_{n - 1}",
                 )(x)
-            norm = make_norm(self.norm, train, self.noise)
-            if self.placement == "before" and norm is not None:
-                x = norm(x)
-            self.sow("intermediates", f"preact{n}", x)
-            x = nonlinearity(x)
-            if self.placement == "after" and norm is not None:
-                x = norm(x)
+            x = normalise_and_activate(self, x, n, nonlinearity, train=train)
         return nn.Dense(
             self.num_classes,
             kernel_init=glorot,
