@@ -358,5 +358,5 @@ def test_figure_draws_the_path_with_its_ends_and_labels_the_axes_with_the_varian
     assert (start.get_xdata()[0], start.get_marker()) == (2.5, "o")
     assert (end.get_xdata()[0], end.get_ydata()[0], end.get_marker()) == (0.0, 0.0, "*")
     assert {t.get_text() for t in panels[0].texts} >= {"step 0 (init)", "step 10 (final)"}
-    caption = surface_section(tmp_path)[-1]
+    caption = next(p for p in surface_section(tmp_path) if "Share of the path" in p)
     assert "standard 80.0% and 15.0%; batchnorm 99.5% and 0.4%" in caption
