@@ -97,7 +97,7 @@ runner = CliRunner()
     [
         (["--grid", "colour=red"], "unknown key 'colour'"),
         (["--grid", "lr=fast"], "'fast' is not a number"),
-        (["--grid", "variant=groupnorm", "--data", "synthetic"], "unknown variant"),
+        (["--grid", "variant=instancenorm", "--data", "synthetic"], "unknown variant"),
         (["--grid", "seed=0", "--devices", "two"], "--devices"),
         ([], "at least one --grid"),
         (["/no/such/sweep"], "not a landscape sweep"),
