@@ -181,11 +181,31 @@ class Tridiagonal(NamedTuple):
         return jnp.diag(self.alphas) + jnp.diag(self.betas, 1) + jnp.diag(self.betas, -1)
 
 
-def _orthogonalise(w: jax.Array, basis: jax.Array) -> jax.Array:
-    # Classical Gram-Schmidt against every basis vector, twice ("twice is enough", Parlett):
-    # without it the Lanczos vectors lose orthogonality and copies of the top eigenvalue appear.
-    w = w - basis.T @ (basis @ w)
-    return w - basis.T @ (basis @ w)
+# Rows of the Lanczos basis per block of a Gram-Schmidt pass. A pass reads only the blocks that
+# hold filled rows, so iteration i reads about i rows of the basis instead of all of them: with
+# static shapes a pass cannot slice exactly the filled rows, but it can loop over whole blocks.
+_BLOCK_ROWS = 8
+# The Daniel-Gragg-Kaufman-Stewart test: a second Gram-Schmidt pass only when the first removed
+# more than 1 - 1/sqrt(2) of the vector's norm ("twice is enough", Parlett, The Symmetric
+# Eigenvalue Problem, section 6.9); otherwise one pass already leaves it orthogonal to rounding.
+_REFINE_BELOW = 2**-0.5
+
+
+def _project_out(w: jax.Array, basis: jax.Array, rows: jax.Array) -> jax.Array:
+    """Returns ``w`` minus its projections on the first ``rows`` rows of ``basis``.
+
+    The rows must be orthonormal, and every row from ``rows`` on zero or never read: block
+    modified Gram-Schmidt over the blocks of ``_BLOCK_ROWS`` rows that hold the first ``rows``
+    (``basis`` has a whole number of blocks), in a loop whose length is traced.
+    """
+    block = min(_BLOCK_ROWS, basis.shape[0])
+
+    def one(j, w):
+        rows_j = jax.lax.dynamic_slice_in_dim(basis, j * block, block)
+        # (rows @ w) @ rows, not rows.T @ (rows @ w): no transposed copy of the block.
+        return w - (rows_j @ w) @ rows_j
+
+    return jax.lax.fori_loop(0, (rows + block - 1) // block, one, w)
 
 
 def lanczos(
@@ -199,10 +219,12 @@ def lanczos(
     Returns the tridiagonal matrix T, whose eigenvalues (Ritz values, ``ritz_values``) approximate
     H's extreme eigenvalues, and whose eigenvectors' first components give the quadrature
     weights of SLQ. ``num_iters`` is a Python int (at most ``start.size``): one ``fori_loop``,
-    compiled once. On breakdown (an invariant subspace found: the new vector vanishes) it
-    continues from a random vector orthogonal to the basis, drawn from ``key``; the zero
-    off-diagonal then decouples T, so every Ritz value stays an eigenvalue of H restricted to
-    the Krylov spaces.
+    compiled once. Each iteration applies ``matvec`` once, takes the three-term recurrence, and
+    then orthogonalises the new vector against every earlier one (Gram-Schmidt, once, or twice
+    when the first pass cancelled much of it; docs/curvature.md#how-the-top-eigenvalues-are-found).
+    On breakdown (an invariant subspace found: the new vector vanishes) it continues from a
+    random vector orthogonal to the basis, drawn from ``key``; the zero off-diagonal then
+    decouples T, so every Ritz value stays an eigenvalue of H restricted to the Krylov spaces.
     """
     dim = start.shape[0]
     if not 1 <= num_iters <= dim:
@@ -211,32 +233,53 @@ def lanczos(
     key = jax.random.key(0) if key is None else key
     tiny = jnp.finfo(dtype).tiny
     tol = 100 * jnp.finfo(dtype).eps
-    basis = jnp.zeros((num_iters + 1, dim), dtype).at[0].set(start / jnp.linalg.norm(start))
+    block = min(_BLOCK_ROWS, num_iters)
+    rows = -(-num_iters // block) * block  # whole blocks; rows not yet filled are zero
+    v0 = start / jnp.linalg.norm(start)
+    basis = jnp.zeros((rows, dim), dtype).at[0].set(v0)
 
     def body(i, carry):
-        basis, alphas, betas = carry
-        v = basis[i]
+        basis, v, v_prev, beta_prev, alphas, betas = carry
         w = matvec(v)
         alpha = jnp.vdot(v, w)
         scale = jnp.linalg.norm(w)
-        # The basis holds v and its predecessors, so this also subtracts alpha v and
-        # beta_{i-1} v_{i-1}, the three-term recurrence.
-        w = _orthogonalise(w, basis)
+        w = w - alpha * v - beta_prev * v_prev
+        before = jnp.linalg.norm(w)
+        # Rounding in the recurrence leaves w slightly along earlier vectors; left there, the
+        # error grows as eigenvalues converge and copies of them appear among the Ritz values.
+        w = _project_out(w, basis, i + 1)
         beta = jnp.linalg.norm(w)
 
-        def restart(_):
-            r = jax.random.normal(jax.random.fold_in(key, i), (dim,), dtype)
-            r = _orthogonalise(r, basis)
-            return r / jnp.maximum(jnp.linalg.norm(r), tiny), jnp.zeros((), dtype)
+        def refine(w):
+            # Rare: the pass cancelled much of w (or w vanished), so orthogonalise once more,
+            # and on breakdown restart. Off the common path, so its cost is paid only here.
+            w = _project_out(w, basis, i + 1)
+            beta = jnp.linalg.norm(w)
 
-        def proceed(_):
-            return w / beta, beta
+            def restart(_):
+                r = jax.random.normal(jax.random.fold_in(key, i), (dim,), dtype)
+                r = _project_out(_project_out(r, basis, i + 1), basis, i + 1)
+                return r / jnp.maximum(jnp.linalg.norm(r), tiny), jnp.zeros((), dtype)
 
-        nxt, beta = jax.lax.cond(beta > tol * scale, proceed, restart, None)
-        return basis.at[i + 1].set(nxt), alphas.at[i].set(alpha), betas.at[i].set(beta)
+            return jax.lax.cond(beta > tol * scale, lambda _: (w / beta, beta), restart, None)
 
-    init = (basis, jnp.zeros(num_iters, dtype), jnp.zeros(num_iters, dtype))
-    _, alphas, betas = jax.lax.fori_loop(0, num_iters, body, init)
+        common = (beta > _REFINE_BELOW * before) & (beta > tol * scale)
+        nxt, beta = jax.lax.cond(common, lambda w: (w / beta, beta), refine, w)
+        # On the last iteration row i + 1 may lie past the end; the update is then clamped onto
+        # the last row, whose vector is no longer read.
+        basis = jax.lax.dynamic_update_index_in_dim(basis, nxt, i + 1, 0)
+        return basis, nxt, v, beta, alphas.at[i].set(alpha), betas.at[i].set(beta)
+
+    zero = jnp.zeros((), dtype)
+    init = (
+        basis,
+        v0,
+        jnp.zeros_like(v0),
+        zero,
+        jnp.zeros(num_iters, dtype),
+        jnp.zeros(num_iters, dtype),
+    )
+    *_, alphas, betas = jax.lax.fori_loop(0, num_iters, body, init)
     return Tridiagonal(alphas, betas[:-1])
 
 

@@ -181,6 +181,60 @@ def test_lanczos_and_power_iteration_recover_a_known_spectrum(x64):
     np.testing.assert_allclose(ritz_values(tri), np.sort(spectrum)[::-1], atol=1e-9)
 
 
+@pytest.mark.parametrize("refine", ["when_needed", "always"])
+def test_lanczos_second_pass_changes_nothing_but_rounding(refine, monkeypatch, x64):
+    # The second Gram-Schmidt pass runs only when the first cancelled much of the vector;
+    # forcing it on every iteration must give the same tridiagonal matrix to rounding.
+    if refine == "always":
+        monkeypatch.setattr(curvature, "_REFINE_BELOW", 2.0)
+    spectrum = np.concatenate([[100.0, 50.0, 25.0], np.linspace(-1.0, 1.0, 37)])
+    a = jnp.asarray(known_matrix(spectrum))
+    tri = lanczos(lambda v: a @ v, jnp.ones(40), 20, jax.random.key(1))
+    np.testing.assert_allclose(ritz_values(tri)[:3], [100.0, 50.0, 25.0], rtol=1e-10)
+    reference = known_lanczos(np.asarray(a), np.ones(40), 20)
+    np.testing.assert_allclose(tri.alphas, reference[0], atol=1e-9)
+    np.testing.assert_allclose(tri.betas, reference[1], atol=1e-9)
+
+
+def known_lanczos(a: np.ndarray, start: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lanczos in numpy with two full Gram-Schmidt passes every iteration (the textbook form)."""
+    basis = [start / np.linalg.norm(start)]
+    alphas, betas = [], []
+    for _ in range(m):
+        w = a @ basis[-1]
+        alphas.append(basis[-1] @ w)
+        q = np.array(basis)
+        for _ in range(2):
+            w = w - q.T @ (q @ w)
+        betas.append(np.linalg.norm(w))
+        basis.append(w / betas[-1])
+    return np.array(alphas), np.array(betas[:-1])
+
+
+def test_lanczos_in_float32_finds_no_ghost_copies(monkeypatch):
+    # Without reorthogonalisation the converged top eigenvalue reappears among the Ritz values
+    # after a few dozen float32 iterations; with it the second Ritz value is the second
+    # eigenvalue. The check fails when the Gram-Schmidt pass is switched off.
+    spectrum = np.concatenate([[100.0, 30.0], np.linspace(-1.0, 1.0, 298)])
+    a = jnp.asarray(known_matrix(spectrum, seed=6), jnp.float32)
+    start = jnp.asarray(np.random.default_rng(7).normal(size=300), jnp.float32)
+    ritz = np.asarray(ritz_values(lanczos(lambda v: a @ v, start, 60, jax.random.key(0))))
+    np.testing.assert_allclose(ritz[:2], [100.0, 30.0], rtol=1e-5)
+    assert np.all(ritz[2:] < 1.0 + 1e-4)
+
+
+def test_project_out_reads_only_the_blocks_that_hold_filled_rows(x64):
+    # Rows past the filled blocks are never read: NaN there must not reach the result.
+    block = curvature._BLOCK_ROWS
+    q, _ = np.linalg.qr(np.random.default_rng(8).normal(size=(50, block + 3)))
+    basis = np.full((3 * block, 50), np.nan)
+    basis[: 2 * block] = 0.0
+    basis[: block + 3] = q.T
+    w = np.random.default_rng(9).normal(size=50)
+    out = curvature._project_out(jnp.asarray(w), jnp.asarray(basis), jnp.asarray(block + 3))
+    np.testing.assert_allclose(out, w - q @ (q.T @ w), atol=1e-12)
+
+
 def test_lanczos_survives_breakdown_on_a_repeated_spectrum(x64):
     # Three distinct eigenvalues: the Krylov space is exhausted after 3 steps and Lanczos must
     # restart instead of dividing by zero; the Ritz values stay eigenvalues.
