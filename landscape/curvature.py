@@ -251,17 +251,19 @@ def lanczos(
         beta = jnp.linalg.norm(w)
 
         def refine(w):
-            # Rare: the pass cancelled much of w (or w vanished), so orthogonalise once more,
-            # and on breakdown restart. Off the common path, so its cost is paid only here.
-            w = _project_out(w, basis, i + 1)
-            beta = jnp.linalg.norm(w)
-
-            def restart(_):
-                r = jax.random.normal(jax.random.fold_in(key, i), (dim,), dtype)
-                r = _project_out(_project_out(r, basis, i + 1), basis, i + 1)
-                return r / jnp.maximum(jnp.linalg.norm(r), tiny), jnp.zeros((), dtype)
-
-            return jax.lax.cond(beta > tol * scale, lambda _: (w / beta, beta), restart, None)
+            # Rare: the pass cancelled much of w, so orthogonalise once more; if w vanished (an
+            # invariant subspace), restart from a random vector, orthogonalised twice. Off the
+            # common path, so only this branch pays for it.
+            broke = beta <= tol * scale
+            r = jax.random.normal(jax.random.fold_in(key, i), (dim,), dtype)
+            x = jax.lax.fori_loop(
+                0,
+                jnp.where(broke, 2, 1),
+                lambda _, x: _project_out(x, basis, i + 1),
+                jnp.where(broke, r, w),
+            )
+            norm = jnp.linalg.norm(x)
+            return x / jnp.maximum(norm, tiny), jnp.where(broke, jnp.zeros((), dtype), norm)
 
         common = (beta > _REFINE_BELOW * before) & (beta > tol * scale)
         nxt, beta = jax.lax.cond(common, lambda w: (w / beta, beta), refine, w)
