@@ -224,13 +224,15 @@ def test_lanczos_in_float32_finds_no_ghost_copies(monkeypatch):
 
 
 def test_project_out_reads_only_the_blocks_that_hold_filled_rows(x64):
-    # Rows past the filled blocks are never read: NaN there must not reach the result.
+    # The rows after the first `rows` are an earlier run's vectors (masked out) in the last
+    # block read, and NaN in the blocks after it, which must never be read.
     block = curvature._BLOCK_ROWS
-    q, _ = np.linalg.qr(np.random.default_rng(8).normal(size=(50, block + 3)))
+    rng = np.random.default_rng(8)
+    q, _ = np.linalg.qr(rng.normal(size=(50, block + 3)))
     basis = np.full((3 * block, 50), np.nan)
-    basis[: 2 * block] = 0.0
+    basis[: 2 * block] = rng.normal(size=(2 * block, 50))
     basis[: block + 3] = q.T
-    w = np.random.default_rng(9).normal(size=50)
+    w = rng.normal(size=50)
     out = curvature._project_out(jnp.asarray(w), jnp.asarray(basis), jnp.asarray(block + 3))
     np.testing.assert_allclose(out, w - q @ (q.T @ w), atol=1e-12)
 
@@ -264,6 +266,54 @@ def test_top_eigenvalue_of_a_batchnorm_network_in_train_mode(x64):
     estimate = make_hessian_estimator(loss_fn, top_k=1, num_iters=len(exact))
     est = estimate(params, stats, stack_batches([batch]), jax.random.key(4))
     np.testing.assert_allclose(est.top_eigenvalues[0], exact[-1], rtol=1e-8)
+
+
+def test_the_estimators_trace_and_density_are_hutchinsons_and_slqs(x64):
+    # The estimator runs the trace's and the density's probes in its Lanczos loop; they must
+    # be the standalone functions' numbers, from the same keys.
+    spectrum = np.concatenate([[30.0, 12.0], np.linspace(-2.0, 5.0, 28)])
+    a = jnp.asarray(known_matrix(spectrum, seed=5))
+    params = {"x": jnp.zeros(30)}
+    key = jax.random.key(11)
+    estimate = make_hessian_estimator(
+        quadratic_loss(a), top_k=2, num_iters=12, trace_probes=7, density_probes=3
+    )
+    est = estimate(params, None, stack_batches([jnp.zeros(1)]), key)
+    _, k_restart, _, k_trace, k_density = jax.random.split(key, 5)
+    matvec = lambda v: a @ v  # noqa: E731
+    trace = hutchinson(matvec, k_trace, 30, 7, jnp.float64)
+    np.testing.assert_allclose(est.trace, trace.trace, rtol=1e-12)
+    np.testing.assert_allclose(est.trace_stderr, trace.stderr, rtol=1e-10)
+    density = slq(matvec, k_density, 30, 3, 12, jnp.float64)
+    np.testing.assert_allclose(est.density.nodes, density.nodes, atol=1e-10)
+    np.testing.assert_allclose(est.density.weights, density.weights, atol=1e-10)
+    start = jax.random.normal(jax.random.split(key, 5)[0], (30,), jnp.float64)
+    top = ritz_values(lanczos(matvec, start, 12, k_restart))
+    np.testing.assert_allclose(est.ritz_values, top, atol=1e-10)
+    np.testing.assert_allclose(est.top_eigenvalues, [30.0, 12.0], rtol=1e-8)
+
+
+def test_the_trace_and_density_add_no_copy_of_the_hessian_to_the_program(x64):
+    # The loss is traced once per place the program applies H; the trace's and the density's
+    # probes share the top eigenvalues' loop, so they add none (power iteration, a cross-check
+    # with a loop of its own, adds one).
+    params, batch = mlp_params(), stack_batches([mlp_batch()])
+    traced = []
+
+    def counting_loss(params, batch):
+        traced.append(1)
+        return mlp_loss(params, batch)
+
+    def places(**settings):
+        traced.clear()
+        make_hessian_estimator(counting_loss, num_iters=4, **settings).lower(
+            params, None, batch, jax.random.key(0)
+        )
+        return len(traced)
+
+    alone = places()
+    assert places(trace_probes=5, density_probes=2) == alone
+    assert places(power_iters=2) > alone
 
 
 # --- trace ------------------------------------------------------------------------------------
