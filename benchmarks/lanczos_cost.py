@@ -13,8 +13,8 @@ the one anybody studies), on the batch of the next step, BatchNorm in train mode
    beside the reference.
 2. Timing, in alternating rounds, medians: one gradient, one Hessian-vector product, the same
    product iterated ``--iterations`` times in a bare ``fori_loop`` (the floor for a Lanczos
-   iteration), and the top-eigenvalue estimator of each loop (``make_hessian_estimator(top_k=1)``) at
-   ``--iterations`` and at that count. Cost per iteration = estimate / iterations / gradient;
+   iteration), and the top-eigenvalue estimator of each loop (``make_hessian_estimator(top_k=1)``)
+   at ``--iterations`` and at that count. Cost per iteration = estimate / iterations / gradient;
    "λ_max to tolerance" = the estimate at that count / gradient (gradient-evaluation
    equivalents, fixed costs included).
 3. Compile time, alternating, ``--compile-rounds`` times, of each loop's estimator for λ_max
@@ -448,13 +448,14 @@ def _commit() -> str:
 
 def print_table(result: dict[str, Any]) -> None:
     r, s = result["results"], result["settings"]
+    load = result["machine"]["load_average_1m"]
     old, new = r["old"], r["new"]
     print(
         f"{s['preset']} {s['variant']}, {s['data']}, after {s['train_steps']} steps: "
         f"lambda_max {r['lambda_max_reference']:.6g}, {r['iterations_to_tolerance']} iterations "
         f"to {s['tolerance']:g}; one gradient {r['gradient_s'] * 1e3:.1f} ms, one HVP "
         f"{r['hvp_gradients']:.2f} gradients, in a bare loop "
-        f"{r['bare_hvp_loop_iteration_gradients']:.2f} (load {result['machine']['load_average_1m']:.1f})"
+        f"{r['bare_hvp_loop_iteration_gradients']:.2f} (load {load:.1f})"
     )
     rows = [
         ("one Lanczos iteration (gradients)", ("per_iteration_gradients",), "{:.2f}"),
