@@ -3,7 +3,8 @@
 The public API is re-exported lazily, so ``import landscape`` (and ``landscape --help``) does not
 start JAX until something that needs it is used. Importing it changes nothing in the process: no
 environment variable, allocator setting or signal handler. The ``landscape`` command tunes its
-own process; ``landscape.tune_process()`` (``landscape.app.runtime``) does the same in a notebook.
+own process; ``landscape.tune_process()`` (``landscape.app.runtime``) does the same in a notebook,
+and ``landscape.enable_compilation_cache()`` keeps compiled programs on disk for the next session.
 """
 
 from importlib import import_module
@@ -35,6 +36,7 @@ _EXPORTS = {
     "run_sweep": "landscape.sweep",
     "tune_process": "landscape.app.runtime",
     "tune_malloc": "landscape.app.runtime",
+    "enable_compilation_cache": "landscape.app.runtime",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -8,6 +8,9 @@ averages). H is never formed: it is applied to vectors by forward-over-reverse a
 
 * ``lanczos``: the top eigenvalues, by Lanczos with full reorthogonalisation, a fixed number of
   iterations in one ``lax.fori_loop``; ``power_iteration`` (subspace iteration) cross-checks it.
+  ``make_hessian_estimator`` runs the top eigenvalues', the density's and the trace's probes as
+  Lanczos runs in one loop, so its program holds one Hessian-vector product, not one per
+  quantity.
 * ``hutchinson``: the trace, tr H = E[z^T H z] over Rademacher z, with its standard error.
 * ``slq`` / ``spectral_density``: the spectral density by stochastic Lanczos quadrature
   (Ubaru, Chen & Saad 2017; Ghorbani, Krishnan & Xiao 2019), Gaussian-broadened on a grid.
@@ -181,11 +184,113 @@ class Tridiagonal(NamedTuple):
         return jnp.diag(self.alphas) + jnp.diag(self.betas, 1) + jnp.diag(self.betas, -1)
 
 
-def _orthogonalise(w: jax.Array, basis: jax.Array) -> jax.Array:
-    # Classical Gram-Schmidt against every basis vector, twice ("twice is enough", Parlett):
-    # without it the Lanczos vectors lose orthogonality and copies of the top eigenvalue appear.
-    w = w - basis.T @ (basis @ w)
-    return w - basis.T @ (basis @ w)
+# Rows of the Lanczos basis per block of a Gram-Schmidt pass. A pass reads only the blocks that
+# hold filled rows, so iteration i reads about i rows of the basis instead of all of them: with
+# static shapes a pass cannot slice exactly the filled rows, but it can loop over whole blocks.
+_BLOCK_ROWS = 8
+# The Daniel-Gragg-Kaufman-Stewart test: a second Gram-Schmidt pass only when the first removed
+# more than 1 - 1/sqrt(2) of the vector's norm ("twice is enough", Parlett, The Symmetric
+# Eigenvalue Problem, section 6.9); otherwise one pass already leaves it orthogonal to rounding.
+_REFINE_BELOW = 2**-0.5
+
+
+def _project_out(w: jax.Array, basis: jax.Array, rows: jax.Array) -> jax.Array:
+    """Returns ``w`` minus its projections on the first ``rows`` rows of ``basis``.
+
+    The first ``rows`` rows must be orthonormal; the rows after them are never used: block
+    modified Gram-Schmidt over only the blocks of ``_BLOCK_ROWS`` rows that hold the first
+    ``rows`` (``basis`` has a whole number of blocks), in a loop whose length is traced, with the
+    later rows of the last block masked out.
+    """
+    block = min(_BLOCK_ROWS, basis.shape[0])
+    index = jnp.arange(block)
+
+    def one(j, w):
+        rows_j = jax.lax.dynamic_slice_in_dim(basis, j * block, block)
+        coefficients = jnp.where(j * block + index < rows, rows_j @ w, 0)
+        # coefficients @ rows, not rows.T @ coefficients: no transposed copy of the block.
+        return w - coefficients @ rows_j
+
+    return jax.lax.fori_loop(0, (rows + block - 1) // block, one, w)
+
+
+def _lanczos_runs(
+    matvec: Callable[[jax.Array], jax.Array],
+    start_of: Callable[[jax.Array], jax.Array],
+    lengths: Sequence[int],
+    restart_keys: jax.Array,
+    dim: int,
+    dtype: Any,
+) -> tuple[jax.Array, jax.Array]:
+    """Runs Lanczos once per entry of ``lengths``, one run after the other, in one loop.
+
+    Run r starts from ``start_of(r)`` (r traced; the vector need not be normalised), takes
+    ``lengths[r]`` iterations and restarts on breakdown from vectors drawn from
+    ``restart_keys[r]``. One loop for all runs puts one copy of ``matvec`` in the program, so
+    the top-eigenvalue run, the spectral density's and the trace's probes compile together for
+    the price of one. Returns ``(alphas, betas)``, both (runs, max(lengths)): row r holds run
+    r's diagonal and, in its first ``lengths[r] - 1`` entries, its off-diagonal; the rest is 0.
+    """
+    lengths = [int(n) for n in lengths]
+    longest = max(lengths)
+    block = min(_BLOCK_ROWS, longest)
+    rows = -(-longest // block) * block  # whole blocks
+    run_of = jnp.asarray(np.repeat(np.arange(len(lengths)), lengths), jnp.int32)
+    step_of = jnp.asarray(np.concatenate([np.arange(n) for n in lengths]), jnp.int32)
+    tiny = jnp.finfo(dtype).tiny
+    tol = 100 * jnp.finfo(dtype).eps
+    zero = jnp.zeros((), dtype)
+
+    def body(i, carry):
+        basis, v, v_prev, beta_prev, alphas, betas = carry
+        run, step = run_of[i], step_of[i]
+        fresh = step == 0
+
+        def begin(_):
+            start = start_of(run).astype(dtype)
+            return start / jnp.linalg.norm(start)
+
+        v = jax.lax.cond(fresh, begin, lambda _: v, None)
+        v_prev, beta_prev = jnp.where(fresh, 0, v_prev), jnp.where(fresh, zero, beta_prev)
+        # Row `step` holds v: a run's rows before it are its earlier vectors; the rows after it
+        # may still hold an earlier run's and are masked out by _project_out.
+        basis = jax.lax.dynamic_update_index_in_dim(basis, v, step, 0)
+        w = matvec(v)
+        alpha = jnp.vdot(v, w)
+        scale = jnp.linalg.norm(w)
+        w = w - alpha * v - beta_prev * v_prev
+        before = jnp.linalg.norm(w)
+        # Rounding in the recurrence leaves w slightly along earlier vectors; left there, the
+        # error grows as eigenvalues converge and copies of them appear among the Ritz values.
+        w = _project_out(w, basis, step + 1)
+        beta = jnp.linalg.norm(w)
+
+        def refine(w):
+            # Rare: the pass cancelled much of w, so orthogonalise once more; if w vanished (an
+            # invariant subspace), restart from a random vector, orthogonalised twice. Off the
+            # common path, so only this branch pays for it.
+            broke = beta <= tol * scale
+            r = jax.random.normal(jax.random.fold_in(restart_keys[run], step), (dim,), dtype)
+            x = jax.lax.fori_loop(
+                0,
+                jnp.where(broke, 2, 1),
+                lambda _, x: _project_out(x, basis, step + 1),
+                jnp.where(broke, r, w),
+            )
+            norm = jnp.linalg.norm(x)
+            return x / jnp.maximum(norm, tiny), jnp.where(broke, zero, norm)
+
+        common = (beta > _REFINE_BELOW * before) & (beta > tol * scale)
+        nxt, beta = jax.lax.cond(common, lambda w: (w / beta, beta), refine, w)
+        return basis, nxt, v, beta, alphas.at[run, step].set(alpha), betas.at[run, step].set(beta)
+
+    out = jnp.zeros((len(lengths), longest), dtype)
+    vector = jnp.zeros(dim, dtype)
+    init = (jnp.zeros((rows, dim), dtype), vector, vector, zero, out, out)
+    *_, alphas, betas = jax.lax.fori_loop(0, sum(lengths), body, init)
+    # A run's last beta is not part of its T: masked, so each off-diagonal ends with zeros.
+    ends = jnp.asarray(lengths)[:, None] - 1
+    return alphas, jnp.where(jnp.arange(longest)[None, :] < ends, betas, zero)
 
 
 def lanczos(
@@ -199,45 +304,19 @@ def lanczos(
     Returns the tridiagonal matrix T, whose eigenvalues (Ritz values, ``ritz_values``) approximate
     H's extreme eigenvalues, and whose eigenvectors' first components give the quadrature
     weights of SLQ. ``num_iters`` is a Python int (at most ``start.size``): one ``fori_loop``,
-    compiled once. On breakdown (an invariant subspace found: the new vector vanishes) it
-    continues from a random vector orthogonal to the basis, drawn from ``key``; the zero
-    off-diagonal then decouples T, so every Ritz value stays an eigenvalue of H restricted to
-    the Krylov spaces.
+    compiled once. Each iteration applies ``matvec`` once, takes the three-term recurrence, and
+    then orthogonalises the new vector against every earlier one (Gram-Schmidt, once, or twice
+    when the first pass cancelled much of it; docs/curvature.md#how-the-top-eigenvalues-are-found).
+    On breakdown (an invariant subspace found: the new vector vanishes) it continues from a
+    random vector orthogonal to the basis, drawn from ``key``; the zero off-diagonal then
+    decouples T, so every Ritz value stays an eigenvalue of H restricted to the Krylov spaces.
     """
     dim = start.shape[0]
     if not 1 <= num_iters <= dim:
         raise ValueError(f"num_iters must be in [1, {dim}] (the dimension), got {num_iters}")
-    dtype = start.dtype
     key = jax.random.key(0) if key is None else key
-    tiny = jnp.finfo(dtype).tiny
-    tol = 100 * jnp.finfo(dtype).eps
-    basis = jnp.zeros((num_iters + 1, dim), dtype).at[0].set(start / jnp.linalg.norm(start))
-
-    def body(i, carry):
-        basis, alphas, betas = carry
-        v = basis[i]
-        w = matvec(v)
-        alpha = jnp.vdot(v, w)
-        scale = jnp.linalg.norm(w)
-        # The basis holds v and its predecessors, so this also subtracts alpha v and
-        # beta_{i-1} v_{i-1}, the three-term recurrence.
-        w = _orthogonalise(w, basis)
-        beta = jnp.linalg.norm(w)
-
-        def restart(_):
-            r = jax.random.normal(jax.random.fold_in(key, i), (dim,), dtype)
-            r = _orthogonalise(r, basis)
-            return r / jnp.maximum(jnp.linalg.norm(r), tiny), jnp.zeros((), dtype)
-
-        def proceed(_):
-            return w / beta, beta
-
-        nxt, beta = jax.lax.cond(beta > tol * scale, proceed, restart, None)
-        return basis.at[i + 1].set(nxt), alphas.at[i].set(alpha), betas.at[i].set(beta)
-
-    init = (basis, jnp.zeros(num_iters, dtype), jnp.zeros(num_iters, dtype))
-    _, alphas, betas = jax.lax.fori_loop(0, num_iters, body, init)
-    return Tridiagonal(alphas, betas[:-1])
+    alphas, betas = _lanczos_runs(matvec, lambda _: start, [num_iters], key[None], dim, start.dtype)
+    return Tridiagonal(alphas[0], betas[0, : num_iters - 1])
 
 
 def ritz_values(tri: Tridiagonal) -> jax.Array:
@@ -302,8 +381,12 @@ def hutchinson(
         z = jax.random.rademacher(k, (dim,), dtype)
         return jnp.vdot(z, matvec(z))
 
-    samples = jax.lax.map(sample, keys)
-    spread = jnp.std(samples, ddof=1) if num_probes > 1 else jnp.asarray(jnp.nan, dtype)
+    return _trace_estimate(jax.lax.map(sample, keys))
+
+
+def _trace_estimate(samples: jax.Array) -> TraceEstimate:
+    num_probes = samples.shape[0]
+    spread = jnp.std(samples, ddof=1) if num_probes > 1 else jnp.asarray(jnp.nan, samples.dtype)
     return TraceEstimate(samples.mean(), spread / jnp.sqrt(num_probes), samples)
 
 
@@ -330,17 +413,35 @@ def slq(
     lambda_i), since E[(q_i . v)^2] = 1/n. Exact when ``num_iters`` equals the dimension.
     """
     dtype = dtype or jnp.float32
-    keys = jax.random.split(key, num_probes)
+    if not 1 <= num_iters <= dim:
+        raise ValueError(f"num_iters must be in [1, {dim}] (the dimension), got {num_iters}")
+    start_keys, restart_keys = _density_keys(key, num_probes)
+    alphas, betas = _lanczos_runs(
+        matvec,
+        lambda r: jax.random.normal(start_keys[r], (dim,), dtype),
+        [num_iters] * num_probes,
+        restart_keys,
+        dim,
+        dtype,
+    )
+    return _quadrature(alphas, betas)
 
-    def one(k):
-        start_key, restart_key = jax.random.split(k)
-        start = jax.random.normal(start_key, (dim,), dtype)
-        tri = lanczos(matvec, start, num_iters, restart_key)
-        values, vectors = jnp.linalg.eigh(tri.matrix())
-        return values, vectors[0] ** 2
 
-    nodes, weights = jax.lax.map(one, keys)
-    return Quadrature(nodes, weights)
+def _density_keys(key: jax.Array, num_probes: int) -> tuple[jax.Array, jax.Array]:
+    """Returns the start and restart keys of each SLQ probe, both (probes,)."""
+    pairs = jax.vmap(jax.random.split)(jax.random.split(key, num_probes))
+    return pairs[:, 0], pairs[:, 1]
+
+
+def _quadrature(alphas: jax.Array, betas: jax.Array) -> Quadrature:
+    """Returns the Gauss quadrature of each run's T (rows of ``alphas``/``betas`` as returned by
+    ``_lanczos_runs``, all runs of the same length)."""
+    m = alphas.shape[1]
+    eye = jnp.eye(m, dtype=alphas.dtype)
+    upper = jnp.eye(m, k=1, dtype=alphas.dtype)
+    t = alphas[:, :, None] * eye + betas[:, :, None] * upper + betas[:, None, :] * upper.T
+    values, vectors = jnp.linalg.eigh(t)
+    return Quadrature(values, vectors[:, 0, :] ** 2)
 
 
 def spectral_density(
@@ -404,7 +505,9 @@ def make_hessian_estimator(
     are Python ints fixed at build time; the parameters, state, batches and key are traced, so
     one compilation serves every checkpoint of a run. Each quantity uses its own key, split
     from ``key``. Costs, in Hessian-vector products: ``num_iters`` (top eigenvalues) +
-    ``power_iters * top_k`` + ``trace_probes`` + ``density_probes * num_iters``.
+    ``power_iters * top_k`` + ``trace_probes`` + ``density_probes * num_iters``. The top
+    eigenvalues, the trace and the density share one loop, so one copy of the Hessian-vector
+    product is compiled for all three (power iteration, a cross-check, adds one).
     """
     if top_k < 1 or num_iters < 1:
         raise ValueError("top_k and num_iters must be positive")
@@ -414,8 +517,24 @@ def make_hessian_estimator(
         op = hessian_operator(loss_fn, params, batches, model_state=model_state, block=block)
         iters = min(num_iters, op.dim)
         k_lanczos, k_restart, k_power, k_trace, k_density = jax.random.split(key, 5)
-        start = jax.random.normal(k_lanczos, (op.dim,), op.dtype)
-        ritz = ritz_values(lanczos(op.matvec, start, iters, k_restart))
+        # One loop of Lanczos runs: the top eigenvalues', the density's probes, then the
+        # trace's probes as runs of one iteration (z^T H z = |z|^2 alpha_0 of the run from z).
+        density_starts, density_restarts = _density_keys(k_density, density_probes)
+        trace_keys = jax.random.split(k_trace, trace_probes)
+        start_keys = jnp.concatenate([k_lanczos[None], density_starts, trace_keys])
+        restart_keys = jnp.concatenate([k_restart[None], density_restarts, trace_keys])
+        first_trace = 1 + density_probes
+
+        def start_of(r):
+            gaussian = lambda k: jax.random.normal(k, (op.dim,), op.dtype)  # noqa: E731
+            if not trace_probes:
+                return gaussian(start_keys[r])
+            rademacher = lambda k: jax.random.rademacher(k, (op.dim,), op.dtype)  # noqa: E731
+            return jax.lax.cond(r >= first_trace, rademacher, gaussian, start_keys[r])
+
+        lengths = [iters] * first_trace + [1] * trace_probes
+        alphas, betas = _lanczos_runs(op.matvec, start_of, lengths, restart_keys, op.dim, op.dtype)
+        ritz = ritz_values(Tridiagonal(alphas[0], betas[0, : iters - 1]))
         k = min(top_k, iters)
         if power_iters:
             power = power_iteration(
@@ -424,12 +543,13 @@ def make_hessian_estimator(
         else:
             power = PowerResult(jnp.zeros(0, op.dtype), jnp.zeros(0, op.dtype))
         if trace_probes:
-            trace = hutchinson(op.matvec, k_trace, op.dim, trace_probes, op.dtype)
+            # A Rademacher vector's squared norm is the dimension, exactly.
+            trace = _trace_estimate(alphas[first_trace:, 0] * op.dim)
         else:
             nan = jnp.asarray(jnp.nan, op.dtype)
             trace = TraceEstimate(nan, nan, jnp.zeros(0, op.dtype))
         if density_probes:
-            density = slq(op.matvec, k_density, op.dim, density_probes, iters, op.dtype)
+            density = _quadrature(alphas[1:first_trace, :iters], betas[1:first_trace, :iters])
         else:
             density = Quadrature(jnp.zeros((0, iters), op.dtype), jnp.zeros((0, iters), op.dtype))
         return HessianEstimate(

@@ -23,8 +23,10 @@ What is tuned, and why (docs/performance.md#process-tunings has the measurements
   stays at its peak. Numbers do not change. Nothing is done off glibc, with another allocator
   preloaded, when the user set malloc variables of their own, or with
   ``LANDSCAPE_MALLOC_TUNING=0``.
-- **The persistent compilation cache** (``enable_compilation_cache``): compiled programs kept
-  on disk, so a second run of the same model skips compilation.
+- **The persistent compilation cache** (``enable_compilation_cache``, also
+  ``landscape.enable_compilation_cache``): compiled programs kept on disk, so a second run of the
+  same model skips compilation. It changes only JAX's configuration, not the process, and a
+  notebook calls it the same way.
 - **Worker processes**: pinned to their share of the cores (``pin_cpus``: XLA sizes its CPU
   thread pool from the affinity), stopped when their parent dies (``stop_with_parent``), and
   allowed to cache even small programs (``cache_small_programs``).
@@ -154,19 +156,34 @@ def malloc_tuned() -> bool:
     return _malloc_applied
 
 
-def enable_compilation_cache() -> str | None:
-    """Keeps compiled programs on disk so a second run of the same model skips compilation.
+def enable_compilation_cache(folder: str | os.PathLike | None = None) -> str | None:
+    """Keeps compiled programs on disk, so a later process that builds the same program (the
+    same network, shapes and settings) loads it instead of compiling it again.
 
-    ``$LANDSCAPE_JAX_CACHE`` names the folder (default: ``jax/`` in the data cache, ``$LANDSCAPE_CACHE`` or ~/.cache/landscape); ``0`` turns
-    the cache off. Returns the folder, or None when off.
+    The ``landscape`` command calls it when it starts. From Python, call
+    ``landscape.enable_compilation_cache()`` once; before or after other JAX work, both work.
+    ``folder`` defaults to ``$LANDSCAPE_JAX_CACHE``, else ``jax/`` in the data cache
+    (``$LANDSCAPE_CACHE`` or ~/.cache/landscape), the folder the command uses, so programs the
+    command compiled serve a notebook and the other way round; ``$LANDSCAPE_JAX_CACHE=0`` turns
+    it off when no ``folder`` is given. It sets JAX's own option ``jax_compilation_cache_dir``,
+    so JAX's rules apply: programs that compile in under a second are not kept
+    (``jax_persistent_cache_min_compile_time_secs``). Returns the folder, or None when off.
     """
     import jax  # here, not at the top: the command's --help must not start JAX
+    from jax.experimental.compilation_cache import compilation_cache
 
-    folder = os.environ.get(CACHE_ENV)
-    if folder == "0":
-        return None
-    folder = folder or str(resolve_cache_dir() / "jax")
+    if folder is None:
+        folder = os.environ.get(CACHE_ENV)
+        if folder == "0":
+            return None
+        folder = folder or str(resolve_cache_dir() / "jax")
+    folder = os.fspath(folder)
+    previous = jax.config.jax_compilation_cache_dir
     jax.config.update("jax_compilation_cache_dir", folder)
+    if previous and previous != folder:
+        # JAX opens its cache once, at the first compilation after a folder is set; another
+        # folder takes effect only after the cache is reset.
+        compilation_cache.reset_cache()
     return folder
 
 

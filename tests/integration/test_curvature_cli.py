@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -109,3 +111,53 @@ def test_cli_on_a_bad_run_dir_exits_2(tmp_path):
     assert result.exit_code == 2
     assert "not a landscape run" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+# A notebook's session: some JAX work, then the public switch, then an estimate on a tiny MLP;
+# prints the cache folder, how many programs JAX looked up in it and how many it loaded from it.
+WARM_CACHE_SESSION = """
+import json, sys
+import jax, jax.numpy as jnp
+import landscape
+from landscape.curvature import make_hessian_estimator, stack_batches
+
+jnp.arange(3.0).sum().block_until_ready()  # JAX at work before the cache is switched on
+folder = landscape.enable_compilation_cache(sys.argv[1])
+events = []
+jax.monitoring.register_event_listener(lambda event, **_: events.append(event))
+# JAX keeps only programs that compile for a second or more; the MLP's compile faster.
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+def loss(params, batch):
+    return jnp.mean((jnp.tanh(batch @ params["w"]) @ params["v"]) ** 2)
+
+params = {"w": jnp.ones((3, 4)) / 3, "v": jnp.arange(4.0)}
+estimate = make_hessian_estimator(loss, top_k=1, num_iters=4, trace_probes=2)
+est = estimate(params, None, stack_batches([jnp.eye(3)]), jax.random.key(0))
+looked_up = events.count("/jax/compilation_cache/compile_requests_use_cache")
+loaded = events.count("/jax/compilation_cache/cache_hits")
+print(json.dumps({"folder": folder, "looked_up": looked_up, "loaded": loaded,
+                  "lambda_max": float(est.top_eigenvalues[0])}))
+"""
+
+
+def test_a_second_python_session_loads_the_estimator_from_the_cache(tmp_path):
+    folder = tmp_path / "jax-cache"
+
+    def session():
+        out = subprocess.run(
+            [sys.executable, "-c", WARM_CACHE_SESSION, str(folder)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = session()
+    assert first["folder"] == str(folder)
+    assert first["looked_up"] >= 1 and first["loaded"] == 0
+    assert any(folder.iterdir())
+    second = session()
+    # Every program the estimate needs, the estimator's own included, comes from the disk.
+    assert second["loaded"] == second["looked_up"] == first["looked_up"]
+    assert second["lambda_max"] == first["lambda_max"]

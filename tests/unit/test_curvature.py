@@ -181,6 +181,62 @@ def test_lanczos_and_power_iteration_recover_a_known_spectrum(x64):
     np.testing.assert_allclose(ritz_values(tri), np.sort(spectrum)[::-1], atol=1e-9)
 
 
+@pytest.mark.parametrize("refine", ["when_needed", "always"])
+def test_lanczos_second_pass_changes_nothing_but_rounding(refine, monkeypatch, x64):
+    # The second Gram-Schmidt pass runs only when the first cancelled much of the vector;
+    # forcing it on every iteration must give the same tridiagonal matrix to rounding.
+    if refine == "always":
+        monkeypatch.setattr(curvature, "_REFINE_BELOW", 2.0)
+    spectrum = np.concatenate([[100.0, 50.0, 25.0], np.linspace(-1.0, 1.0, 37)])
+    a = jnp.asarray(known_matrix(spectrum))
+    tri = lanczos(lambda v: a @ v, jnp.ones(40), 20, jax.random.key(1))
+    np.testing.assert_allclose(ritz_values(tri)[:3], [100.0, 50.0, 25.0], rtol=1e-10)
+    reference = known_lanczos(np.asarray(a), np.ones(40), 20)
+    np.testing.assert_allclose(tri.alphas, reference[0], atol=1e-9)
+    np.testing.assert_allclose(tri.betas, reference[1], atol=1e-9)
+
+
+def known_lanczos(a: np.ndarray, start: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lanczos in numpy with two full Gram-Schmidt passes every iteration (the textbook form)."""
+    basis = [start / np.linalg.norm(start)]
+    alphas, betas = [], []
+    for _ in range(m):
+        w = a @ basis[-1]
+        alphas.append(basis[-1] @ w)
+        q = np.array(basis)
+        for _ in range(2):
+            w = w - q.T @ (q @ w)
+        betas.append(np.linalg.norm(w))
+        basis.append(w / betas[-1])
+    return np.array(alphas), np.array(betas[:-1])
+
+
+def test_lanczos_in_float32_finds_no_ghost_copies(monkeypatch):
+    # Without reorthogonalisation the converged top eigenvalue reappears among the Ritz values
+    # after a few dozen float32 iterations; with it the second Ritz value is the second
+    # eigenvalue. The check fails when the Gram-Schmidt pass is switched off.
+    spectrum = np.concatenate([[100.0, 30.0], np.linspace(-1.0, 1.0, 298)])
+    a = jnp.asarray(known_matrix(spectrum, seed=6), jnp.float32)
+    start = jnp.asarray(np.random.default_rng(7).normal(size=300), jnp.float32)
+    ritz = np.asarray(ritz_values(lanczos(lambda v: a @ v, start, 60, jax.random.key(0))))
+    np.testing.assert_allclose(ritz[:2], [100.0, 30.0], rtol=1e-5)
+    assert np.all(ritz[2:] < 1.0 + 1e-4)
+
+
+def test_project_out_reads_only_the_blocks_that_hold_filled_rows(x64):
+    # The rows after the first `rows` are an earlier run's vectors (masked out) in the last
+    # block read, and NaN in the blocks after it, which must never be read.
+    block = curvature._BLOCK_ROWS
+    rng = np.random.default_rng(8)
+    q, _ = np.linalg.qr(rng.normal(size=(50, block + 3)))
+    basis = np.full((3 * block, 50), np.nan)
+    basis[: 2 * block] = rng.normal(size=(2 * block, 50))
+    basis[: block + 3] = q.T
+    w = rng.normal(size=50)
+    out = curvature._project_out(jnp.asarray(w), jnp.asarray(basis), jnp.asarray(block + 3))
+    np.testing.assert_allclose(out, w - q @ (q.T @ w), atol=1e-12)
+
+
 def test_lanczos_survives_breakdown_on_a_repeated_spectrum(x64):
     # Three distinct eigenvalues: the Krylov space is exhausted after 3 steps and Lanczos must
     # restart instead of dividing by zero; the Ritz values stay eigenvalues.
@@ -210,6 +266,54 @@ def test_top_eigenvalue_of_a_batchnorm_network_in_train_mode(x64):
     estimate = make_hessian_estimator(loss_fn, top_k=1, num_iters=len(exact))
     est = estimate(params, stats, stack_batches([batch]), jax.random.key(4))
     np.testing.assert_allclose(est.top_eigenvalues[0], exact[-1], rtol=1e-8)
+
+
+def test_the_estimators_trace_and_density_are_hutchinsons_and_slqs(x64):
+    # The estimator runs the trace's and the density's probes in its Lanczos loop; they must
+    # be the standalone functions' numbers, from the same keys.
+    spectrum = np.concatenate([[30.0, 12.0], np.linspace(-2.0, 5.0, 28)])
+    a = jnp.asarray(known_matrix(spectrum, seed=5))
+    params = {"x": jnp.zeros(30)}
+    key = jax.random.key(11)
+    estimate = make_hessian_estimator(
+        quadratic_loss(a), top_k=2, num_iters=12, trace_probes=7, density_probes=3
+    )
+    est = estimate(params, None, stack_batches([jnp.zeros(1)]), key)
+    _, k_restart, _, k_trace, k_density = jax.random.split(key, 5)
+    matvec = lambda v: a @ v  # noqa: E731
+    trace = hutchinson(matvec, k_trace, 30, 7, jnp.float64)
+    np.testing.assert_allclose(est.trace, trace.trace, rtol=1e-12)
+    np.testing.assert_allclose(est.trace_stderr, trace.stderr, rtol=1e-10)
+    density = slq(matvec, k_density, 30, 3, 12, jnp.float64)
+    np.testing.assert_allclose(est.density.nodes, density.nodes, atol=1e-10)
+    np.testing.assert_allclose(est.density.weights, density.weights, atol=1e-10)
+    start = jax.random.normal(jax.random.split(key, 5)[0], (30,), jnp.float64)
+    top = ritz_values(lanczos(matvec, start, 12, k_restart))
+    np.testing.assert_allclose(est.ritz_values, top, atol=1e-10)
+    np.testing.assert_allclose(est.top_eigenvalues, [30.0, 12.0], rtol=1e-8)
+
+
+def test_the_trace_and_density_add_no_copy_of_the_hessian_to_the_program(x64):
+    # The loss is traced once per place the program applies H; the trace's and the density's
+    # probes share the top eigenvalues' loop, so they add none (power iteration, a cross-check
+    # with a loop of its own, adds one).
+    params, batch = mlp_params(), stack_batches([mlp_batch()])
+    traced = []
+
+    def counting_loss(params, batch):
+        traced.append(1)
+        return mlp_loss(params, batch)
+
+    def places(**settings):
+        traced.clear()
+        make_hessian_estimator(counting_loss, num_iters=4, **settings).lower(
+            params, None, batch, jax.random.key(0)
+        )
+        return len(traced)
+
+    alone = places()
+    assert places(trace_probes=5, density_probes=2) == alone
+    assert places(power_iters=2) > alone
 
 
 # --- trace ------------------------------------------------------------------------------------

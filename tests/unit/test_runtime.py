@@ -1,11 +1,21 @@
 """Process tuning (landscape/app/runtime.py) as pure functions of an environment: when the XLA
-flag is added and when the malloc settings are left alone. Nothing here changes this process;
-the tests that apply the settings start fresh interpreters (integration/test_process.py)."""
+flag is added and when the malloc settings are left alone. Nothing here changes this process (the
+cache test sets JAX's cache folder and puts it back); the tests that apply the settings start fresh
+interpreters (integration/test_process.py)."""
 
 import pytest
 
 from landscape.app import runtime
-from landscape.app.runtime import CPU_FLAGS, FLAG, XLA_OPT_OUT, opted_out, tune_malloc, tune_xla_cpu
+from landscape.app.runtime import (
+    CACHE_ENV,
+    CPU_FLAGS,
+    FLAG,
+    XLA_OPT_OUT,
+    enable_compilation_cache,
+    opted_out,
+    tune_malloc,
+    tune_xla_cpu,
+)
 
 
 def test_flag_added_to_existing_flags_on_a_tested_jaxlib():
@@ -53,3 +63,23 @@ def test_opted_out_reads_the_usual_words_and_defaults_to_on():
 )
 def test_opt_out_and_the_users_own_settings_win(environ):
     assert tune_malloc(environ) is False
+
+
+def test_compilation_cache_folder_argument_environment_and_opt_out(tmp_path, monkeypatch):
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.setenv(CACHE_ENV, "0")
+        assert enable_compilation_cache() is None
+        assert jax.config.jax_compilation_cache_dir == previous
+        # An explicit folder wins over the variable; the variable names the default folder.
+        assert enable_compilation_cache(tmp_path / "a") == str(tmp_path / "a")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "a")
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / "b"))
+        assert enable_compilation_cache() == str(tmp_path / "b")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "b")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+        compilation_cache.reset_cache()
