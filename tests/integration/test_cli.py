@@ -42,7 +42,10 @@ def test_help_does_not_import_jax():
         (["probe", "--etas", "0.1:x:3"], "--etas"),
         (["probe", "--etas", "-1,2"], "positive"),
         (["probe", "--preset", "huge"], "unknown preset"),
-        (["probe", "--variants", "standard,instancenorm", "--data", "synthetic"], "unknown variant"),
+        (
+            ["probe", "--variants", "standard,instancenorm", "--data", "synthetic"],
+            "unknown variant",
+        ),
         (["probe", "--steps", "0"], "--steps must be positive"),
         (["train", "--arch", "vgg7", "--data", "synthetic"], "unknown --arch"),
         (["probe", "--data", "/no/such/file.tar.gz", "--preset", "smoke"], "/no/such/file"),
