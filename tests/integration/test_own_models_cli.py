@@ -79,7 +79,9 @@ def test_activations_of_a_network_that_sows_nothing_through_capture(linen_run):
     assert records and records[0]["layer"] == [1, 2]  # both Dense layers, in call order
 
 
-def test_an_nnx_network_probes_and_ics_says_what_is_missing(tmp_path):
+def test_an_nnx_network_probes_and_every_analysis_runs_activations_says_what_is_missing(
+    tmp_path,
+):
     result = invoke("probe", *COMMON, "--model", "own_models:nnx_net", "--steps", "4",
                     "--out", tmp_path / "nnx", "--no-figures")  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -91,8 +93,15 @@ def test_an_nnx_network_probes_and_ics_says_what_is_missing(tmp_path):
                      "--no-progress", "--no-figures")):  # fmt: skip
         result = invoke(command[0], tmp_path / "nnx", *command[1:])
         assert result.exit_code == 0, result.output
+    # ICS reads the layer order from the traced forward pass: dense (with its norm), then out.
     result = invoke("ics", tmp_path / "nnx", "--no-progress")
-    assert result.exit_code == 2 and "layers" in result.output
+    assert result.exit_code == 0, result.output
+    ics = rows(tmp_path / "nnx" / "nnx_net" / "ics.jsonl")
+    assert ics and all(r["layer_name"] == ["dense1", "classifier"] for r in ics)
+    result = invoke("activations", tmp_path / "nnx", "--no-progress")
+    assert (
+        result.exit_code == 2 and "need the inputs of the network's nonlinearities" in result.output
+    )
 
 
 def test_named_factories_and_an_npz_file(tmp_path):
