@@ -70,12 +70,43 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def _torch_timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    """Returns a timer for torch work on ``device``: CUDA runs asynchronously, so the clock stops
+    only after the device has finished what the call queued."""
+
+    def timed(fn: Callable[[], Any]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    return timed
+
+
 def compare(
-    config, variant: str, *, data: str | None = None, repeats: int = 5, threads: int | None = None
+    config,
+    variant: str,
+    *,
+    data: str | None = None,
+    repeats: int = 5,
+    threads: int | None = None,
+    device: str = "cpu",
+    cudnn_benchmark: bool = False,
 ) -> dict[str, Any]:
-    """Cross-checks and times one variant; returns ``machine``, ``settings`` and ``results``."""
+    """Cross-checks and times one variant; returns ``machine``, ``settings`` and ``results``.
+
+    ``device`` is torch's device (``cpu`` or ``cuda``); JAX uses its default backend, so on a GPU
+    machine both sides run on the GPU. ``cudnn_benchmark`` lets cuDNN pick its fastest
+    convolution algorithms, as many PyTorch training scripts do.
+    """
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
+    torch_device = torch.device(device)
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch_timed = _torch_timer(torch_device)
     dataset = load_dataset(data or config.data, progress=False)
     trainer = Trainer(config, variant, dataset)
     state = trainer.initial_state()
@@ -85,8 +116,9 @@ def compare(
     # The torch model on the same weights, the same batch in NCHW.
     model = TorchVGG(config.model.arch, config.model.width, norm_for_variant(variant))
     load_flax_params(model, jax.device_get(state.params), jax.device_get(state.batch_stats))
-    images = nhwc_to_nchw(jax.device_get(batch["image"]))
-    labels = torch.from_numpy(np.asarray(batch["label"]).astype(np.int64))
+    model.to(torch_device)
+    images = nhwc_to_nchw(jax.device_get(batch["image"])).to(torch_device)
+    labels = torch.from_numpy(np.asarray(batch["label"]).astype(np.int64)).to(torch_device)
     etas_np = np.asarray(etas)
 
     # 1. Cross-check (the first calls also compile the JAX programs).
@@ -111,7 +143,7 @@ def compare(
 
     def torch_step():
         stepped.load_state_dict(start_state)
-        return _timed(lambda: torch_train_step(stepped, optimizer, images, labels))
+        return torch_timed(lambda: torch_train_step(stepped, optimizer, images, labels))
 
     candidates: dict[str, Callable[[], float]] = {
         "jax_train_step": lambda: _timed(lambda: trainer.train_step(state, batch)),
@@ -119,7 +151,7 @@ def compare(
             lambda: trainer.probe_step(state, batch, out.grads, out.loss, etas)
         ),
         "torch_train_step": torch_step,
-        "torch_probe": lambda: _timed(
+        "torch_probe": lambda: torch_timed(
             lambda: torch_probe(model, images, labels, etas_np, grads=grads, loss0=loss0)
         ),
     }
@@ -157,6 +189,12 @@ def compare(
             **machine(runtime.describe()),
             "torch": torch.__version__,
             "torch_threads": threads,
+            "torch_device": str(torch_device),
+            "torch_device_name": torch.cuda.get_device_name(torch_device)
+            if torch_device.type == "cuda"
+            else None,
+            "jax_backend": jax.default_backend(),
+            "cudnn_benchmark": cudnn_benchmark,
         },
         "settings": {
             "preset": config.preset,
@@ -205,6 +243,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", default="synthetic", help="synthetic, cifar10 or a path")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument("--device", default="cpu", help="torch's device: cpu or cuda")
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN choose its fastest convolution algorithms (torch.backends.cudnn.benchmark)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--no-malloc-tuning",
@@ -219,8 +263,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runtime.tune_malloc()
 
     config = preset(args.preset).replace(data=args.data)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.exit(2, f"compare_torch: torch {torch.__version__} sees no CUDA device\n")
     result = compare(
-        config, args.variant, data=args.data, repeats=args.repeats, threads=args.threads
+        config,
+        args.variant,
+        data=args.data,
+        repeats=args.repeats,
+        threads=args.threads,
+        device=args.device,
+        cudnn_benchmark=args.cudnn_benchmark,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as f:

@@ -246,6 +246,20 @@ def _peer_figures(out: Path) -> list[dict[str, Any]]:
     return [{k: r[k] for k in keep if k in r} for r in lines[-1]["rows"]]
 
 
+def _torch_figures(out: Path) -> list[dict[str, Any]]:
+    keep = ("torch_probed_step_s", "jax_probed_step_s", "probed_step_ratio_torch_over_jax")
+    keep += ("train_step_ratio_torch_over_jax", "probe_ratio_torch_over_jax")
+    keep += ("agreement_max_rel_diff",)
+    return [
+        {
+            "variant": row["settings"]["variant"],
+            "torch_device": row["machine"].get("torch_device"),
+            **{k: row["results"][k] for k in keep},
+        }
+        for row in _read_jsonl(out / "torch_vs_jax.jsonl")
+    ]
+
+
 def summary(out: Path, mode: str, data_note: str) -> int:
     """Writes ``out/summary.json`` from the stages' results; prints it in short. Returns 0 when
     every stage that ran passed, the required ones ran and the records agreed, else 1."""
@@ -264,6 +278,7 @@ def summary(out: Path, mode: str, data_note: str) -> int:
         "paper_protocol": _read_json(out / "paper_protocol.json"),
         "bench": _bench_figures(out),
         "peers_jax": _peer_figures(out),
+        "eager_torch": _torch_figures(out),
     }
     loose = _read_json(out / "compare_default_precision.json")
     if loose is not None:
@@ -289,6 +304,11 @@ def summary(out: Path, mode: str, data_note: str) -> int:
         print(
             f"  {protocol['preset']} protocol: {protocol['protocol_min']:.1f} min "
             f"({protocol['protocol_steps']} steps x {len(protocol['variants'])} variants)"
+        )
+    for row in report["eager_torch"]:
+        print(
+            f"  eager torch ({row['torch_device']}) / ours, {row['variant']} probed step: "
+            f"{row['probed_step_ratio_torch_over_jax']:.2f}"
         )
     print(f"  written: {out / 'summary.json'}")
     return 0 if report["ok"] else 1

@@ -7,8 +7,8 @@
 #
 # Needs a Python with JAX (JAX[cuda] on a GPU) and the package's dependencies; it downloads
 # nothing: it runs `pip install --no-deps -e .` offline and, should that fail, runs the package
-# from this source tree (PYTHONPATH). Torch is not needed. It only reads the accelerator's state
-# (nvidia-smi); it never resets or reconfigures it.
+# from this source tree (PYTHONPATH). Torch is optional: with it, eager PyTorch is timed too.
+# It only reads the accelerator's state (nvidia-smi); it never resets or reconfigures it.
 #
 # Stages, each under its own `timeout` and all within one time budget ($GPU_CHECK_BUDGET_S,
 # default 450 s; 600 s for the dry run, which two busy cores may need), each writing its
@@ -29,6 +29,10 @@
 #                  -> paper_runs.jsonl (dry run: the smoke preset, 2 and 6 steps)
 #   extrapolate    the paper protocol's wall time (its step count and variants from the paper
 #                  preset) from those two runs -> paper_protocol.json
+#   torch          eager PyTorch against ours on the paper network, same weights and batch, both
+#                  on the GPU (benchmarks/compare_torch.py --device cuda), when the machine's
+#                  Python has torch with CUDA; else skipped and said so -> torch_vs_jax.jsonl
+#                  (dry run: the smoke network, both on the CPU, when torch is installed)
 #   bench          `landscape bench --preset paper` -> bench/bench.jsonl (dry run: smoke, tiny)
 #   peers          the JAX rows of benchmarks/peers.py (curvature and surfaces) -> peers.jsonl
 # and finally summary.json. Exit status: 0 when every stage finished and the records agree, 1
@@ -223,6 +227,30 @@ extrapolate_stage() {
     "$PY" benchmarks/gpu_check.py extrapolate "$OUT" --preset "$preset" --short short --long long
 }
 
+torch_stage() {
+    if ! "$PY" -c "import torch" > /dev/null 2>&1; then
+        echo "torch is not installed in $PY: eager PyTorch not measured"
+        return 0
+    fi
+    if [ "$DRY" = 1 ]; then
+        "$PY" benchmarks/compare_torch.py --preset smoke --variant batchnorm --repeats 1 \
+            --out "$OUT/torch_vs_jax.jsonl"
+        return $?
+    fi
+    if ! "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+        echo "torch sees no CUDA device: eager PyTorch on the GPU not measured"
+        return 0
+    fi
+    # Both frameworks share the GPU: neither may take most of its memory up front.
+    local variant rc=0
+    for variant in batchnorm standard; do
+        XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" benchmarks/compare_torch.py --preset paper \
+            --variant "$variant" --data "$DATA" --device cuda --cudnn-benchmark --repeats 5 \
+            --out "$OUT/torch_vs_jax.jsonl" || rc=$?
+    done
+    return "$rc"
+}
+
 bench_stage() {
     if [ "$DRY" = 1 ]; then
         "$PY" -m landscape bench --preset smoke --strategies map --repeats 1 --run-steps 0 \
@@ -245,7 +273,7 @@ peers_stage() {
 }
 
 export -f install_stage devices_stage smoke_compare_stage paper_run paper_short_stage \
-    paper_long_stage extrapolate_stage bench_stage peers_stage
+    paper_long_stage extrapolate_stage torch_stage bench_stage peers_stage
 
 stage install 90 install_stage
 if ! stage devices 60 devices_stage; then
@@ -261,6 +289,7 @@ fi
 stage smoke_compare 150 smoke_compare_stage
 stage paper_short 120 paper_short_stage
 stage paper_long 180 paper_long_stage && stage extrapolate 30 extrapolate_stage
+stage torch 120 torch_stage
 stage bench 120 bench_stage
 stage peers 120 peers_stage
 finish

@@ -169,8 +169,8 @@ def torch_probe(
     etas = np.asarray(etas, np.float32)
     grad_norm_value = float(grad_norm)
     return {
-        "loss": torch.stack(losses).numpy(),
-        "grad_dist": torch.stack(dists).numpy(),
+        "loss": torch.stack(losses).cpu().numpy(),
+        "grad_dist": torch.stack(dists).cpu().numpy(),
         "step_norm": np.abs(etas) * np.float32(grad_norm_value),
         "loss0": np.float32(float(loss0)),
         "grad_norm": np.float32(grad_norm_value),

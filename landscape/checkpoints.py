@@ -2,8 +2,11 @@
 
 The paper's analysis wants a checkpoint at every step, so saving must cost next to nothing.
 The default format (``npz``) writes each checkpoint as one uncompressed ``state.npz`` per step,
-from a background thread: ``save`` only hands the (immutable) device arrays to the writer and
-returns, the copy to host and the write overlap the next training steps. Each checkpoint is
+from background threads: ``save`` only hands the (immutable) device arrays to a writer and
+returns, the copy to host and the write overlap the next training steps. On an accelerator a
+step can take less time than writing its checkpoint (the copy and the members' CRC-32), so
+machines with many cores run several writers at once (``writer_count``); the checkpoints may
+then be completed out of order, which retention and resume do not depend on. Each checkpoint is
 written into a temporary directory and renamed into place only when complete, so a run killed
 mid-write never leaves a half-written checkpoint that is read as good. A checkpoint damaged
 afterwards (a truncated file, flipped bits) is caught on load: ``state.npz`` is a zip archive
@@ -19,6 +22,7 @@ so runs saved by earlier versions stay readable.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -41,6 +45,16 @@ logging.getLogger("absl").setLevel(logging.WARNING)
 FORMATS = ("npz", "orbax")
 STATE_FILE = "state.npz"
 _TMP_PREFIX = ".tmp-"
+_DELETE_PREFIX = ".del-"  # a checkpoint retention dropped, renamed away before it is removed
+
+
+def writer_count(cpu_count: int | None = None) -> int:
+    """Returns how many threads write npz checkpoints at once on a machine with ``cpu_count``
+    cores (default: this one's): one on small machines, whose cores the training needs, up to
+    four where cores are plenty. Zlib's CRC-32 and file writes release the GIL, so the writers
+    overlap."""
+    cores = os.cpu_count() if cpu_count is None else cpu_count
+    return max(1, min(4, (cores or 1) // 4))
 
 
 class DamagedCheckpointError(Exception):
@@ -108,8 +122,9 @@ class Checkpointer:
     """Saves and restores a pytree (the ``TrainState``) under ``directory/<step>/``.
 
     ``save`` returns before the write ends; ``wait`` or ``close`` block until every started write
-    is on disk. At most ``queue_size`` states wait to be written, so memory stays flat when the
-    disk is slower than training (``save`` then waits: back-pressure, never dropped saves).
+    is on disk. At most ``queue_size`` states (at least one per writer) wait to be written, so
+    memory stays flat when the disk is slower than training (``save`` then waits:
+    back-pressure, never dropped saves). ``writers`` threads write (default ``writer_count()``).
     """
 
     def __init__(
@@ -118,6 +133,7 @@ class Checkpointer:
         config: CheckpointConfig | None = None,
         *,
         queue_size: int = 2,
+        writers: int | None = None,
     ):
         self.config = config or CheckpointConfig()
         fmt = getattr(self.config, "format", "npz")
@@ -128,14 +144,20 @@ class Checkpointer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._orbax = None
         self._error: BaseException | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._writer: threading.Thread | None = None
+        self._writer_count = max(1, writer_count() if writers is None else writers)
+        self._queue: queue.Queue = queue.Queue(maxsize=max(queue_size, self._writer_count))
+        self._writers: list[threading.Thread] = []
+        # Renaming into place and retention see and change the whole directory: one at a time.
+        self._directory_lock = threading.Lock()
+        self._set_aside_count = itertools.count()
         if self.format == "orbax":
             self._orbax = self._orbax_manager()
         else:
-            # Leftovers of a write interrupted by a crash are incomplete by construction.
-            for leftover in self.directory.glob(f"{_TMP_PREFIX}*"):
-                shutil.rmtree(leftover, ignore_errors=True)
+            # Leftovers of a write interrupted by a crash are incomplete by construction, and
+            # those of a removal were dropped already.
+            for prefix in (_TMP_PREFIX, _DELETE_PREFIX):
+                for leftover in self.directory.glob(f"{prefix}*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
 
     # --- saving -------------------------------------------------------------------------------
 
@@ -153,9 +175,11 @@ class Checkpointer:
         if jax.process_index() != 0:
             # The state is replicated: on several hosts one process writes the shared directory.
             return
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._write_loop, daemon=True)
-            self._writer.start()
+        if not self._writers:
+            for _ in range(self._writer_count):
+                writer = threading.Thread(target=self._write_loop, daemon=True)
+                writer.start()
+                self._writers.append(writer)
         # JAX arrays are immutable and the train step donates nothing, so the writer thread can
         # copy them to host itself while the next steps run.
         leaves = jax.tree_util.tree_flatten_with_path(state)[0]
@@ -173,7 +197,8 @@ class Checkpointer:
                 if self._error is None:
                     self._write(*item)
             except BaseException as error:  # reported to the training thread on its next call
-                self._error = error
+                if self._error is None:
+                    self._error = error
             finally:
                 self._queue.task_done()
 
@@ -196,17 +221,22 @@ class Checkpointer:
                 str(self.directory / str(step) / STATE_FILE),
             ) from err
         final = self.directory / str(step)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        self._apply_retention()
+        with self._directory_lock:
+            dropped = [self._set_aside(final)] if final.exists() else []
+            os.replace(tmp, final)
+            steps = self.steps()
+            keep = set(kept_steps(steps, self.config))
+            dropped += [self._set_aside(self.directory / str(s)) for s in steps if s not in keep]
+        # Removing a large file can take longer than a training step on some file systems: it
+        # happens outside the lock, so the other writers go on meanwhile.
+        for path in dropped:
+            shutil.rmtree(path, ignore_errors=True)
 
-    def _apply_retention(self) -> None:
-        steps = self.steps()
-        keep = set(kept_steps(steps, self.config))
-        for step in steps:
-            if step not in keep:
-                shutil.rmtree(self.directory / str(step), ignore_errors=True)
+    def _set_aside(self, path: Path) -> Path:
+        """Renames ``path`` out of the checkpoints' names (one quick rename) and returns where."""
+        aside = self.directory / f"{_DELETE_PREFIX}{path.name}-{next(self._set_aside_count)}"
+        os.replace(path, aside)
+        return aside
 
     def _raise_writer_error(self) -> None:
         if self._error is not None:
@@ -312,7 +342,7 @@ class Checkpointer:
         if self._orbax is not None:
             self._orbax.wait_until_finished()
             return
-        if self._writer is not None:
+        if self._writers:
             self._queue.join()
         self._raise_writer_error()
 
@@ -323,10 +353,11 @@ class Checkpointer:
             self._orbax.close()
             self._orbax = None
             return
-        if self._writer is not None:
+        for _ in self._writers:
             self._queue.put(None)
-            self._writer.join()
-            self._writer = None
+        for writer in self._writers:
+            writer.join()
+        self._writers = []
         self._raise_writer_error()
 
     def _orbax_manager(self):

@@ -16,6 +16,7 @@ from landscape.checkpoints import (
     DamagedCheckpointError,
     DamagedCheckpointWarning,
     kept_steps,
+    writer_count,
 )
 from landscape.config import CheckpointConfig
 
@@ -66,6 +67,30 @@ def test_retention_matches_orbax_semantics(tmp_path):
             for step in range(13):
                 ckpt.save(step, make_state())
         assert Checkpointer(tmp_path / fmt).steps() == [0, 5, 10, 11, 12], fmt
+
+
+def test_several_writers_keep_every_state_and_the_same_checkpoints(tmp_path):
+    # Writers finish out of order; what is kept and what each step holds must not depend on it.
+    config = CheckpointConfig(max_to_keep=3, keep_period=7)
+    states = [
+        make_state().replace(step=jnp.asarray(step), params={"w": jnp.full((64, 64), step)})
+        for step in range(30)
+    ]
+    with Checkpointer(tmp_path / "c", config, writers=4) as ckpt:
+        for step, state in enumerate(states):
+            ckpt.save(step, state)
+    assert not list((tmp_path / "c").glob(".*")), "a temporary or dropped checkpoint is left"
+    reader = Checkpointer(tmp_path / "c", config)
+    assert reader.steps() == kept_steps(list(range(30)), config) == [0, 7, 14, 21, 27, 28, 29]
+    for step in reader.steps():
+        restored = reader.restore(step, states[0])
+        assert int(restored.step) == step
+        np.testing.assert_array_equal(restored.params["w"], np.full((64, 64), step))
+
+
+def test_writer_count_leaves_small_machines_one_writer():
+    assert writer_count(2) == writer_count(4) == 1
+    assert writer_count(16) == 4 and writer_count(64) == 4 and writer_count(8) == 2
 
 
 def test_restore_refuses_another_structure(tmp_path):
