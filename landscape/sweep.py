@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from landscape.config import (
     SETTINGS,
     ConfigError,
@@ -31,11 +33,23 @@ from landscape.config import (
 )
 from landscape.data import load_dataset
 from landscape.files import atomic_open, atomic_write_text
-from landscape.results import DIVERGED_FILE, METRICS_FILE, load, load_metrics, read_rows
+from landscape.plots.sweep import write_sweep_figure
+from landscape.results import (
+    DIVERGED_FILE,
+    METRICS_FILE,
+    load,
+    load_divergence,
+    load_metrics,
+    read_rows,
+)
 from landscape.summary import median_finite
 
 SWEEP_FILE = "sweep.json"
 SUMMARY_FILE = "summary.csv"
+FIGURE_STEM = "sweep"  # SWEEP_DIR/sweep.png and .pdf
+# The final training loss is the mean over the last steps trained, not the last step's loss
+# alone, which one batch makes noisy.
+FINAL_LOSS_STEPS = 50
 
 
 class SweepError(Exception):
@@ -287,8 +301,12 @@ def summarize_sweep(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
     partial or new), ``steps`` (trained), ``probed`` (probed steps), the medians over probed
     steps of ``loss_band``, ``grad_dist_max`` (gradient predictiveness, the max over etas of
     ||grad L(x - eta g) - g||) and ``beta`` (effective beta-smoothness), and the last
-    ``test_accuracy`` (fraction) and ``test_loss`` (nats). BatchNorm runs in training mode
-    during the probe, as the optimiser sees the loss. Missing values are empty.
+    ``test_accuracy`` (fraction) and ``test_loss`` (nats), ``train_loss`` (nats: the mean
+    training loss of the last ``FINAL_LOSS_STEPS`` steps trained, non-finite ones left out) and
+    ``diverged_at`` (the first step whose training loss was not finite, for a run that
+    diverged). BatchNorm runs in training mode during the probe, as the optimiser sees the loss.
+    Missing values are empty. Also draws these against the grid's first axis into
+    ``SWEEP_DIR/sweep.png`` (``plots.sweep``).
     """
     sweep_dir = Path(sweep_dir)
     base, grid = open_sweep(sweep_dir)
@@ -298,6 +316,7 @@ def summarize_sweep(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
         status = run_status(run_dir, config)
         records = load(run_dir) if status != "new" else {}
         metrics = load_metrics(run_dir) if status != "new" else {}
+        divergence = load_divergence(run_dir) if status != "new" else {}
         for variant in config.variants:
             row: dict[str, Any] = {"run": name, **values, "variant": variant, "status": status}
             train = metrics.get(variant, {}).get("train", {})
@@ -309,9 +328,20 @@ def summarize_sweep(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
                 row[key] = median_finite(rec[key]) if row["probed"] else None
             for key in ("test_accuracy", "test_loss"):
                 row[key] = float(test[key][-1]) if len(test.get(key, [])) else None
+            row["train_loss"] = final_loss(train.get("loss", []))
+            row["diverged_at"] = divergence.get(variant, {}).get("step")
             rows.append(row)
     write_csv(rows, sweep_dir / SUMMARY_FILE)
+    write_sweep_figure(rows, list(grid), sweep_dir / FIGURE_STEM)
     return rows
+
+
+def final_loss(losses: Any) -> float | None:
+    """Returns the mean of the finite values among the last ``FINAL_LOSS_STEPS`` training losses
+    (nats), or None when there are none."""
+    last = np.asarray(losses, dtype=np.float64)[-FINAL_LOSS_STEPS:]
+    finite = last[np.isfinite(last)]
+    return float(finite.mean()) if finite.size else None
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:

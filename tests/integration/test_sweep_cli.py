@@ -82,6 +82,9 @@ def test_sweep_runs_skips_and_resumes(tmp_path, tiny_config, tiny_dataset):
         (second, "standard", "done"),
     ]
     assert float(table[0]["beta"]) == pytest.approx(rows[0]["beta"])
+    assert float(table[0]["train_loss"]) == pytest.approx(rows[0]["train_loss"])
+    assert rows[0]["train_loss"] > 0
+    assert table[0]["diverged_at"] == ""  # a column, empty for a run that did not diverge
     assert summarize_sweep(sweep_dir) == rows
 
     # A different grid into the same directory is refused.
@@ -131,6 +134,7 @@ def test_cli_sweep_and_summary(tmp_path):
     assert summary.exit_code == 0, summary.output
     assert "lr=0.1" in summary.output and "batchnorm" in summary.output
     assert (sweep_dir / "summary.csv").exists()
+    assert (sweep_dir / "sweep.png").stat().st_size > 0  # the figure over the learning rate
 
 
 def test_a_job_array_runs_one_configuration_per_task_at_once(tmp_path):

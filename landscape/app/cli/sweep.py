@@ -361,20 +361,31 @@ def _run_parallel_sweep(
 
 
 def _print_sweep(rows: list[dict], sweep_dir: Path) -> None:
+    figure = sweep_dir / "sweep.png"
     table = Table(
-        title="Sweep: medians over probed steps, last test evaluation",
+        title="Sweep: medians over probed steps, final training loss, last test evaluation",
         caption="loss band = max-min of L(x - eta g) over eta; grad dist max = max over eta of "
         "||grad L(x - eta g) - g||; beta = effective beta-smoothness; BatchNorm in training "
-        f"mode during the probe. Also in {sweep_dir / 'summary.csv'}.",
+        "mode during the probe; train loss = mean of the last 50 steps' training losses; "
+        f"diverged = first step with a non-finite training loss. Also in "
+        f"{sweep_dir / 'summary.csv'}" + (f", drawn in {figure}." if figure.exists() else "."),
     )
     for title in ("run", "variant", "status"):
         table.add_column(title, no_wrap=True)
     for title in ("steps", "probed"):
-        table.add_column(title, justify="right")
-    for title in ("loss band", "grad dist max", "beta", "test acc."):
-        table.add_column(title, justify="right")
+        table.add_column(title, justify="right", min_width=5)
+    # Numbers are never cut short: on a narrow terminal their titles wrap instead.
+    for title in ("loss band", "grad dist max", "beta", "train loss", "test acc.", "diverged"):
+        table.add_column(title, justify="right", min_width=6, no_wrap=False, overflow="fold")
     for row in rows:
-        numbers = [row["loss_band"], row["grad_dist_max"], row["beta"], row["test_accuracy"]]
+        numbers = [
+            row["loss_band"],
+            row["grad_dist_max"],
+            row["beta"],
+            row["train_loss"],
+            row["test_accuracy"],
+        ]
+        diverged = row["diverged_at"]
         table.add_row(
             row["run"],
             row["variant"],
@@ -382,5 +393,6 @@ def _print_sweep(rows: list[dict], sweep_dir: Path) -> None:
             str(row["steps"]),
             str(row["probed"]),
             *("-" if v is None else format_number(v) for v in numbers),
+            "-" if diverged is None else f"step {diverged}",
         )
     console.print(table)
