@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from landscape import data
+from landscape import archives, cifar, data, dataset, image_folders, mnist
 from landscape.data import (
     DataError,
     batch_indices,
@@ -359,10 +359,10 @@ def test_cifar10_classes_with_fewer_images_than_cifar10_are_refused(tmp_path, mo
     with pytest.raises(DataError, match=r"30 training and 20 test images in CIFAR-10's classes"):
         load_dataset(str(root), cache_dir=cache, progress=False)
     assert not cache.exists()
-    monkeypatch.setattr(data, "CIFAR10_SIZES", {"train": 30, "test": 20})
+    monkeypatch.setattr(image_folders, "CIFAR10_SIZES", {"train": 30, "test": 20})
     ds = load_dataset(str(root), cache_dir=cache, progress=False)
     assert ds.name == "cifar10 (image folder: partial)" and len(list(cache.glob("*.npz"))) == 1
-    monkeypatch.setattr(data, "CIFAR10_SIZES", {"train": 31, "test": 20})
+    monkeypatch.setattr(image_folders, "CIFAR10_SIZES", {"train": 31, "test": 20})
     with pytest.raises(DataError, match="a partial copy"):  # a cached partial set is no better
         load_dataset(str(root), cache_dir=cache, progress=False)
 
@@ -422,6 +422,16 @@ def test_cache_dir_resolution(tmp_path, monkeypatch):
     assert resolve_cache_dir(tmp_path / "given") == tmp_path / "given"
     monkeypatch.delenv("LANDSCAPE_CACHE")
     assert resolve_cache_dir().parts[-2:] == (".cache", "landscape")
+
+
+def test_the_loaders_public_names_are_still_offered_by_data():
+    """Each loader lives in its own module; ``landscape.data`` re-exports their public names as
+    the very objects (a tuple or table copied into it would not be the one the loader reads)."""
+    offered = set(data.__all__)
+    assert {"load_dataset", "read_cifar10_binary", "read_image_folder", "load_idx"} <= offered
+    for module in (archives, cifar, dataset, image_folders, mnist):
+        for name in offered & set(vars(module)):
+            assert getattr(data, name) is getattr(module, name), f"{module.__name__}.{name}"
 
 
 # --- download --------------------------------------------------------------------------------------

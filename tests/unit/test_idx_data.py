@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from landscape import data
+from landscape import data, mnist
 from landscape.data import DataError, load_dataset, parse_idx, read_idx_file, read_idx_folder
 
 
@@ -142,7 +142,7 @@ def test_data_specs_reach_the_idx_loader(tmp_path, monkeypatch):
     images, labels = tiny_set(10)
     folder = tmp_path / "cache" / "mnist"
     folder.mkdir(parents=True)
-    monkeypatch.setitem(data.IDX_MD5, "mnist", write_set(folder, "test", images, labels))
+    monkeypatch.setitem(mnist.IDX_MD5, "mnist", write_set(folder, "test", images, labels))
     by_name = load_dataset(f"mnist:{folder}")
     assert by_name.train_images.shape == (8, 28, 28, 1)
     assert load_dataset(str(folder)).checksum == by_name.checksum  # a plain path: identified
