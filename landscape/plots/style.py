@@ -31,6 +31,10 @@ PALETTE = {
     "l1": "#2ca02c",
     "l2": "#9467bd",
     "linf": "#8c564b",
+    "layernorm": "#e377c2",
+    "groupnorm": "#17becf",
+    "rmsnorm": "#bcbd22",
+    "weightnorm": "#393b79",
 }
 
 
@@ -47,6 +51,10 @@ LABELS = {
     "l1": "Standard + ℓ1 norm",
     "l2": "Standard + ℓ2 norm",
     "linf": "Standard + ℓ∞ norm",
+    "layernorm": "Standard + LayerNorm",
+    "groupnorm": "Standard + GroupNorm",
+    "rmsnorm": "Standard + RMSNorm",
+    "weightnorm": "Standard + weight norm.",
 }
 
 
@@ -59,15 +67,26 @@ DIVERGED_LABEL = "step where an η diverged (non-finite, counted as +∞)"
 PANEL_SIZE = (4.2, 3.4)  # inches per panel
 
 
+def _group_count(variant: str) -> str | None:
+    """Returns G of a ``groupnorm<G>`` variant, else None."""
+    rest = variant.removeprefix("groupnorm")
+    return rest if rest != variant and rest.isdigit() else None
+
+
 def variant_color(variant: str) -> str:
     """Returns the fixed colour of a variant (hex string)."""
     if variant in PALETTE:
         return PALETTE[variant]
+    if _group_count(variant):
+        return PALETTE["groupnorm"]
     return _FALLBACK_COLORS[zlib.crc32(variant.encode()) % len(_FALLBACK_COLORS)]
 
 
 def variant_label(variant: str) -> str:
     """Returns the legend label of a variant: the paper's wording where it has one."""
+    groups = _group_count(variant)
+    if groups:
+        return f"Standard + GroupNorm ({groups} groups at most)"
     return LABELS.get(variant, variant)
 
 

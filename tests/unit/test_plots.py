@@ -136,6 +136,12 @@ def test_variant_colors_are_fixed_and_distinct():
     # An unknown variant's colour is a function of its name only.
     assert plots.variant_color("mystery") == plots.variant_color("mystery")
     assert plots.variant_color("mystery") not in plots.PALETTE.values()
+    # Every normaliser has its own colour; a GroupNorm's group count changes only the label.
+    norms = ("standard", "batchnorm", "layernorm", "groupnorm", "rmsnorm", "weightnorm")
+    assert len({plots.variant_color(v) for v in norms}) == len(norms)
+    assert plots.variant_color("groupnorm8") == plots.variant_color("groupnorm")
+    assert plots.variant_label("groupnorm8") == "Standard + GroupNorm (8 groups at most)"
+    assert plots.variant_label("groupnormx") == "groupnormx"
 
 
 def test_nearest_steps():
