@@ -20,87 +20,25 @@ from landscape.app.cli.common import (
     parse_range,
     parse_step,
 )
-from landscape.app.cli.options import ProgressOpt, RunDirArg
-
-PictureVariantsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--variants", help="Comma-separated variants to picture. Default: all of the run's."
-    ),
-]
-
-
-BatchesOpt = Annotated[
-    int,
-    typer.Option(
-        "--batches",
-        help="Training batches the loss is averaged over: those of steps N, N+1, ... (1, the default: the checkpoint step's own batch).",
-    ),
-]
-
-
-ModeOpt = Annotated[
-    str,
-    typer.Option(
-        "--mode",
-        help="train (default): BatchNorm normalises with each batch's statistics, as the optimiser sees the loss; eval: with the checkpoint's running averages.",
-    ),
-]
-
-
-ChunkOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--chunk",
-        help="Grid points per compiled call, each appended to the record when done. Default: 4 per device on CPU, 32 per device on accelerators.",
-    ),
-]
-
-
-GridStrategyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--strategy",
-        help="How a chunk's points are mapped: map (lax.map, the CPU default) or vmap (the accelerator default). Same numbers.",
-    ),
-]
-
-
-AccuracyOpt = Annotated[
-    bool, typer.Option("--accuracy/--no-accuracy", help="Also record the accuracy on the batches.")
-]
-
+from landscape.app.cli.options import (
+    PictureAccuracyOpt,
+    PictureBatchesOpt,
+    PictureChunkOpt,
+    PictureDataOpt,
+    PictureFiguresOpt,
+    PictureModeOpt,
+    PictureOverwriteOpt,
+    PictureStrategyOpt,
+    PictureVariantsOpt,
+    ProgressOpt,
+    RunDirArg,
+)
 
 NameOpt = Annotated[
     str | None,
     typer.Option(
         "--name",
         help="Record name: RUN_DIR/<variant>/surfaces/<name>.jsonl. Default: step<N>_<dims>d_<direction> or interp_<A>_<B>.",
-    ),
-]
-
-
-PictureDataOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--data", help="The run's data, if it moved. Default: the data in its config.json."
-    ),
-]
-
-
-PictureOverwriteOpt = Annotated[
-    bool,
-    typer.Option(
-        "--overwrite",
-        help="Replace a record made with other settings. Without it a rerun with the same settings evaluates only the missing points.",
-    ),
-]
-
-
-PictureFiguresOpt = Annotated[
-    bool,
-    typer.Option(
-        "--figures/--no-figures", help="Draw the picture into RUN_DIR/figures/ at the end."
     ),
 ]
 
@@ -185,8 +123,8 @@ def surface(
         ),
     ] = "random",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random directions.")] = 0,
-    batches: BatchesOpt = 1,
-    mode: ModeOpt = "train",
+    batches: PictureBatchesOpt = 1,
+    mode: PictureModeOpt = "train",
     ignore: Annotated[
         str,
         typer.Option(
@@ -201,9 +139,9 @@ def surface(
             help="Make d2 orthogonal to d1 (2D). Default off: random directions are nearly orthogonal.",
         ),
     ] = False,
-    accuracy: AccuracyOpt = True,
-    chunk: ChunkOpt = None,
-    strategy: GridStrategyOpt = None,
+    accuracy: PictureAccuracyOpt = True,
+    chunk: PictureChunkOpt = None,
+    strategy: PictureStrategyOpt = None,
     name: NameOpt = None,
     data: PictureDataOpt = None,
     overwrite: PictureOverwriteOpt = False,
@@ -268,11 +206,11 @@ def interpolate(
             "--range", help="Grid of t as LO:HI:N; t = 0 is A, t = 1 is B. Default -0.5:1.5:41."
         ),
     ] = "-0.5:1.5:41",
-    batches: BatchesOpt = 1,
-    mode: ModeOpt = "train",
-    accuracy: AccuracyOpt = True,
-    chunk: ChunkOpt = None,
-    strategy: GridStrategyOpt = None,
+    batches: PictureBatchesOpt = 1,
+    mode: PictureModeOpt = "train",
+    accuracy: PictureAccuracyOpt = True,
+    chunk: PictureChunkOpt = None,
+    strategy: PictureStrategyOpt = None,
     name: NameOpt = None,
     data: PictureDataOpt = None,
     overwrite: PictureOverwriteOpt = False,

@@ -19,19 +19,20 @@ from landscape.app.cli.common import (
     parse_list,
     parse_range,
 )
-from landscape.app.cli.options import ProgressOpt, RunDirArg
-from landscape.app.cli.pictures import (
-    AccuracyOpt,
-    BatchesOpt,
-    ChunkOpt,
-    GridStrategyOpt,
-    ModeOpt,
+from landscape.app.cli.options import (
+    PictureAccuracyOpt,
+    PictureBatchesOpt,
+    PictureChunkOpt,
     PictureDataOpt,
     PictureFiguresOpt,
+    PictureModeOpt,
     PictureOverwriteOpt,
+    PictureStrategyOpt,
     PictureVariantsOpt,
-    _picture_options,
+    ProgressOpt,
+    RunDirArg,
 )
+from landscape.app.cli.pictures import _picture_options
 
 
 def parse_grid(text: str) -> tuple[tuple[float, float, int] | None, int]:
@@ -81,9 +82,9 @@ def trajectory(
             help="biases-and-bn (default): leave biases and BatchNorm parameters out of the PCA and the directions; none: keep every parameter.",
         ),
     ] = "biases-and-bn",
-    batches: BatchesOpt = 1,
-    mode: ModeOpt = "train",
-    accuracy: AccuracyOpt = True,
+    batches: PictureBatchesOpt = 1,
+    mode: PictureModeOpt = "train",
+    accuracy: PictureAccuracyOpt = True,
     oversampling: Annotated[
         int,
         typer.Option(
@@ -99,8 +100,8 @@ def trajectory(
         ),
     ] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the PCA's random sketch.")] = 0,
-    chunk: ChunkOpt = None,
-    strategy: GridStrategyOpt = None,
+    chunk: PictureChunkOpt = None,
+    strategy: PictureStrategyOpt = None,
     name: Annotated[
         str | None,
         typer.Option(
