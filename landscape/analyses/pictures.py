@@ -9,7 +9,7 @@ import functools
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,38 @@ def _check_common(mode: str, batches: int, variants: Sequence[str] | None, confi
     return chosen
 
 
+def _variant_trainers(
+    run_dir: Path,
+    dataset: Dataset | None,
+    mode: str,
+    batches: int,
+    variants: Sequence[str] | None,
+) -> Iterator[Trainer]:
+    """Opens the run (``dataset``: its data, loaded from its config when None) and yields a
+    ``Trainer`` for each chosen variant (None: all the run's), each checked first to still build
+    the run's network. Raises SurfaceError for a bad mode, batch count or variant name."""
+    config, dataset = _open_run(run_dir, dataset)
+    for variant in _check_common(mode, batches, variants, config):
+        check_variant(config, variant, dataset, run_dir)  # still the run's network
+        yield Trainer(config, variant, dataset)
+
+
+def _picture_functions(
+    trainer: Trainer, mode: str, accuracy: bool, options: GridOptions
+) -> tuple[Callable, Callable]:
+    """Returns ``(grid_fn, gradient_fn)`` of ``trainer``'s variant (``compiled_picture_functions``,
+    so every picture of the same network shares one compilation)."""
+    return compiled_picture_functions(
+        trainer.config.model_for(trainer.variant),
+        trainer.dataset.num_outputs,
+        trainer.loss,
+        mode,
+        accuracy,
+        options.strategy,
+        options.map_batch_size,
+    )
+
+
 def _check_axis(axis: tuple[float, float, int], option: str) -> tuple[float, float, int]:
     lo, hi, n = float(axis[0]), float(axis[1]), int(axis[2])
     if n < 1 or not (np.isfinite(lo) and np.isfinite(hi)):
@@ -217,24 +249,12 @@ def surface(
     if ignore not in IGNORE_CHOICES:
         raise SurfaceError(f"unknown ignore {ignore!r}; choose biases-and-bn or none")
     grid = _check_axis(grid, "range")
-    config, dataset = _open_run(run_dir, dataset)
-    chosen = _check_common(mode, batches, variants, config)
     written = {}
-    for variant in chosen:
-        check_variant(config, variant, dataset, run_dir)  # still the run's network
-        trainer = Trainer(config, variant, dataset)
-        with _variant_checkpoints(run_dir, config, variant) as checkpointer:
+    for trainer in _variant_trainers(run_dir, dataset, mode, batches, variants):
+        variant = trainer.variant
+        with _variant_checkpoints(run_dir, trainer.config, variant) as checkpointer:
             at_step, state = _restore(checkpointer, trainer, step, variant)
         origin = _variables(state)
-        grid_fn, gradient_fn = compiled_picture_functions(
-            config.model_for(variant),
-            dataset.num_outputs,
-            trainer.loss,
-            mode,
-            accuracy,
-            options.strategy,
-            options.map_batch_size,
-        )
         stacked, batch_steps = _batches(trainer, state, at_step, batches)
         key = jax.random.key(seed)
         zeros = jax.tree.map(jnp.zeros_like, origin["batch_stats"])
@@ -244,6 +264,7 @@ def surface(
                 key, origin["params"], dims, ignore=ignore, orthogonalize=orthogonalize
             )
         else:
+            _, gradient_fn = _picture_functions(trainer, mode, accuracy, options)
             grad = gradient_fn(origin, stacked)
             info["grad_norm"] = float(optax.tree.norm(grad))
             param_dirs = (gradient_direction(grad, origin["params"], ignore=ignore),)
@@ -272,7 +293,7 @@ def surface(
         label = name or f"step{at_step}_{dims}d_{direction}"
         path = record_path(run_dir, variant, label)
         _evaluate_record(
-            grid_fn,
+            trainer,
             origin,
             directions,
             stacked,
@@ -280,10 +301,11 @@ def surface(
             coords=grid_coords([grid] * dims),
             path=path,
             header={"kind": "surface", "name": label, "settings": settings, "info": info},
+            mode=mode,
             accuracy=accuracy,
             overwrite=overwrite,
             options=options,
-            on_progress=(lambda d, t, v=variant: on_progress(v, d, t)) if on_progress else None,
+            on_progress=on_progress,
         )
         written[variant] = path
     return written
@@ -318,25 +340,13 @@ def interpolate(
     """
     run_dir = Path(run_dir)
     grid = _check_axis(grid, "range")
-    config, dataset = _open_run(run_dir, dataset)
-    chosen = _check_common(mode, batches, variants, config)
     written = {}
-    for variant in chosen:
-        check_variant(config, variant, dataset, run_dir)  # still the run's network
-        trainer = Trainer(config, variant, dataset)
-        with _variant_checkpoints(run_dir, config, variant) as checkpointer:
+    for trainer in _variant_trainers(run_dir, dataset, mode, batches, variants):
+        variant = trainer.variant
+        with _variant_checkpoints(run_dir, trainer.config, variant) as checkpointer:
             step_a, state_a = _restore(checkpointer, trainer, start, variant)
             step_b, state_b = _restore(checkpointer, trainer, end, variant)
         x_a, x_b = _variables(state_a), _variables(state_b)
-        grid_fn, _ = compiled_picture_functions(
-            config.model_for(variant),
-            dataset.num_outputs,
-            trainer.loss,
-            mode,
-            accuracy,
-            options.strategy,
-            options.map_batch_size,
-        )
         stacked, batch_steps = _batches(trainer, state_a, step_a, batches)
         t = grid_coords([grid])[:, 0]
         coords = np.stack([1.0 - t, t], axis=-1)
@@ -359,7 +369,7 @@ def interpolate(
         label = name or f"interp_{step_a}_{step_b}"
         path = record_path(run_dir, variant, label)
         _evaluate_record(
-            grid_fn,
+            trainer,
             origin,
             (x_a, x_b),
             stacked,
@@ -367,17 +377,18 @@ def interpolate(
             coords=coords,
             path=path,
             header={"kind": "interpolation", "name": label, "settings": settings, "info": info},
+            mode=mode,
             accuracy=accuracy,
             overwrite=overwrite,
             options=options,
-            on_progress=(lambda d, t, v=variant: on_progress(v, d, t)) if on_progress else None,
+            on_progress=on_progress,
         )
         written[variant] = path
     return written
 
 
 def _evaluate_record(
-    grid_fn: Callable,
+    trainer: Trainer,
     origin: Any,
     directions: Sequence[Any],
     batches: Any,
@@ -386,11 +397,19 @@ def _evaluate_record(
     coords: np.ndarray,
     path: Path,
     header: dict[str, Any],
+    mode: str,
     accuracy: bool,
     overwrite: bool,
     options: GridOptions,
-    on_progress: Callable[[int, int], None] | None,
+    on_progress: Callable[[str, int, int], None] | None,
 ) -> int:
+    """Evaluates the loss (and with ``accuracy`` the accuracy) of ``trainer``'s variant in
+    ``mode`` on ``batches`` at the points ``origin + sum_i coords[:, i] * directions[i]``, chunk
+    by chunk, into the record ``path`` (``header`` completed with the grid, the devices and the
+    time); a rerun with the same header evaluates only the missing points. ``on_progress(variant,
+    done, total)`` counts points. Returns how many points it evaluated."""
+    grid_fn, _ = _picture_functions(trainer, mode, accuracy, options)
+    variant = trainer.variant
     mesh = point_mesh()
     devices = jax.device_count() if mesh is not None else 1
     chunk = options.chunk or default_chunk(devices=devices)
@@ -417,7 +436,7 @@ def _evaluate_record(
         chunk=chunk,
         overwrite=overwrite,
         fields=("loss", "accuracy") if accuracy else ("loss",),
-        on_progress=on_progress,
+        on_progress=(lambda d, t: on_progress(variant, d, t)) if on_progress else None,
     )
 
 

@@ -29,19 +29,17 @@ from landscape.analyses.pictures import (
     GridOptions,
     _batches,
     _check_axis,
-    _check_common,
+    _describe,
     _evaluate_record,
-    _open_run,
     _variables,
     _variant_checkpoints,
-    compiled_picture_functions,
+    _variant_trainers,
 )
 from landscape.checkpoints import Checkpointer
 from landscape.data import Dataset
 from landscape.files import atomic_open
 from landscape.results import read_rows
 from landscape.rundir import locks_run_dir
-from landscape.runs import Trainer, check_variant
 from landscape.surface_records import SurfaceError, grid_coords, record_path
 from landscape.surfaces import IGNORE_CHOICES, MODE_TEXT
 from landscape.trajectory import (
@@ -275,12 +273,9 @@ def trajectory(
         raise SurfaceError(f"points must be positive, got {points}")
     if min(path_options.oversampling, path_options.power_iterations) < 0 or path_options.block < 1:
         raise SurfaceError("oversampling and power iterations must be non-negative")
-    config, dataset = _open_run(run_dir, dataset)
-    chosen = _check_common(mode, batches, variants, config)
     written: dict[str, Path] = {}
-    for variant in chosen:
-        check_variant(config, variant, dataset, run_dir)  # still the run's network
-        trainer = Trainer(config, variant, dataset)
+    for trainer in _variant_trainers(run_dir, dataset, mode, batches, variants):
+        variant = trainer.variant
         template = trainer.initial_state()
         label = name or DEFAULT_NAME
         path = record_path(run_dir, variant, label)
@@ -288,9 +283,9 @@ def trajectory(
 
         def report(task: str, done: int, total: int, variant: str = variant) -> None:
             if on_progress is not None:
-                on_progress(f"{variant}: {task}" if task else variant, done, total)
+                on_progress(f"{variant}: {task}", done, total)
 
-        with _variant_checkpoints(run_dir, config, variant) as checkpointer:
+        with _variant_checkpoints(run_dir, trainer.config, variant) as checkpointer:
             final_step, final_state = _final_checkpoint(checkpointer, template, variant)
             init_rebuilt = 0 not in checkpointer.steps()
             planned = plan_steps(checkpointer.steps(), final_step, every)
@@ -343,7 +338,7 @@ def trajectory(
         directions = tuple(
             {"params": flattener.unflatten(d), "batch_stats": zeros} for d in cache["directions"]
         )
-        norms = [float(optax.tree.norm(d["params"])) for d in directions]
+        norms = _describe(directions)["direction_norms"]
         cosine = float(optax.tree.vdot(directions[0]["params"], directions[1]["params"])) / (
             norms[0] * norms[1] or 1.0
         )
@@ -364,17 +359,8 @@ def trajectory(
                 "b": coords_path[:, 1].tolist(),
             },
         }
-        grid_fn, _ = compiled_picture_functions(
-            config.model_for(variant),
-            dataset.num_outputs,
-            trainer.loss,
-            mode,
-            accuracy,
-            options.strategy,
-            options.map_batch_size,
-        )
         _evaluate_record(
-            grid_fn,
+            trainer,
             origin,
             directions,
             stacked,
@@ -382,10 +368,11 @@ def trajectory(
             coords=grid_coords(axes),
             path=path,
             header={"kind": KIND, "name": label, "settings": settings, "info": info},
+            mode=mode,
             accuracy=accuracy,
             overwrite=overwrite,
             options=options,
-            on_progress=lambda d, t, report=report: report("", d, t),
+            on_progress=on_progress,
         )
         written[variant] = path
     return written

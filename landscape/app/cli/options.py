@@ -282,3 +282,78 @@ LogOpt = Annotated[
         help='Also write the records as TensorBoard event files while they are produced: tensorboard (into RUN_DIR/tensorboard) or tensorboard:DIR. View them with: tensorboard --logdir RUN_DIR/tensorboard. Needs the tensorboard extra: pip install "landscape[tensorboard]".',
     ),
 ]
+
+
+# The loss-landscape pictures' options, shared by surface, interpolate and trajectory.
+PictureVariantsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--variants", help="Comma-separated variants to picture. Default: all of the run's."
+    ),
+]
+
+
+PictureBatchesOpt = Annotated[
+    int,
+    typer.Option(
+        "--batches",
+        help="Training batches the loss is averaged over: those of steps N, N+1, ... (1, the default: the checkpoint step's own batch).",
+    ),
+]
+
+
+PictureModeOpt = Annotated[
+    str,
+    typer.Option(
+        "--mode",
+        help="train (default): BatchNorm normalises with each batch's statistics, as the optimiser sees the loss; eval: with the checkpoint's running averages.",
+    ),
+]
+
+
+PictureChunkOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--chunk",
+        help="Grid points per compiled call, each appended to the record when done. Default: 4 per device on CPU, 32 per device on accelerators.",
+    ),
+]
+
+
+PictureStrategyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--strategy",
+        help="How a chunk's points are mapped: map (lax.map, the CPU default) or vmap (the accelerator default). Same numbers.",
+    ),
+]
+
+
+PictureAccuracyOpt = Annotated[
+    bool, typer.Option("--accuracy/--no-accuracy", help="Also record the accuracy on the batches.")
+]
+
+
+PictureDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data", help="The run's data, if it moved. Default: the data in its config.json."
+    ),
+]
+
+
+PictureOverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace a record made with other settings. Without it a rerun with the same settings evaluates only the missing points.",
+    ),
+]
+
+
+PictureFiguresOpt = Annotated[
+    bool,
+    typer.Option(
+        "--figures/--no-figures", help="Draw the picture into RUN_DIR/figures/ at the end."
+    ),
+]

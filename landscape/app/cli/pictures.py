@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,56 +22,19 @@ from landscape.app.cli.common import (
     parse_range,
     parse_step,
 )
-from landscape.app.cli.options import ProgressOpt, RunDirArg
-
-PictureVariantsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--variants", help="Comma-separated variants to picture. Default: all of the run's."
-    ),
-]
-
-
-BatchesOpt = Annotated[
-    int,
-    typer.Option(
-        "--batches",
-        help="Training batches the loss is averaged over: those of steps N, N+1, ... (1, the default: the checkpoint step's own batch).",
-    ),
-]
-
-
-ModeOpt = Annotated[
-    str,
-    typer.Option(
-        "--mode",
-        help="train (default): BatchNorm normalises with each batch's statistics, as the optimiser sees the loss; eval: with the checkpoint's running averages.",
-    ),
-]
-
-
-ChunkOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--chunk",
-        help="Grid points per compiled call, each appended to the record when done. Default: 4 per device on CPU, 32 per device on accelerators.",
-    ),
-]
-
-
-GridStrategyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--strategy",
-        help="How a chunk's points are mapped: map (lax.map, the CPU default) or vmap (the accelerator default). Same numbers.",
-    ),
-]
-
-
-AccuracyOpt = Annotated[
-    bool, typer.Option("--accuracy/--no-accuracy", help="Also record the accuracy on the batches.")
-]
-
+from landscape.app.cli.options import (
+    PictureAccuracyOpt,
+    PictureBatchesOpt,
+    PictureChunkOpt,
+    PictureDataOpt,
+    PictureFiguresOpt,
+    PictureModeOpt,
+    PictureOverwriteOpt,
+    PictureStrategyOpt,
+    PictureVariantsOpt,
+    ProgressOpt,
+    RunDirArg,
+)
 
 NameOpt = Annotated[
     str | None,
@@ -80,32 +45,11 @@ NameOpt = Annotated[
 ]
 
 
-PictureDataOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--data", help="The run's data, if it moved. Default: the data in its config.json."
-    ),
-]
-
-
-PictureOverwriteOpt = Annotated[
-    bool,
-    typer.Option(
-        "--overwrite",
-        help="Replace a record made with other settings. Without it a rerun with the same settings evaluates only the missing points.",
-    ),
-]
-
-
-PictureFiguresOpt = Annotated[
-    bool,
-    typer.Option(
-        "--figures/--no-figures", help="Draw the picture into RUN_DIR/figures/ at the end."
-    ),
-]
-
-
-def _picture_options(mode: str, batches: int, chunk: int | None, strategy: str | None) -> None:
+def check_picture_options(
+    mode: str, batches: int, chunk: int | None, strategy: str | None, variants: str | None
+) -> tuple[str, ...] | None:
+    """Checks the options every picture command shares; returns the chosen variants (None: all
+    the run's). Raises CliError, one line."""
     from landscape.surfaces import GRID_STRATEGIES, MODES
 
     if mode not in MODES:
@@ -114,46 +58,81 @@ def _picture_options(mode: str, batches: int, chunk: int | None, strategy: str |
     check_positive("--chunk", chunk)
     if strategy is not None and strategy not in GRID_STRATEGIES:
         raise CliError(f"unknown --strategy {strategy!r}; choose map or vmap")
+    return parse_list(variants, "--variants") if variants else None
 
 
-def _picture(run_dir: Path, data: str | None, progress: bool, figures: bool, call):
-    """Loads the run's data, runs ``call(dataset, on_progress)`` with a progress bar, draws."""
-    from landscape.data import DataError, load_dataset
-    from landscape.surface_records import SurfaceError
+def _describe_picture(variant: str, path: Path, header: dict[str, Any]) -> str:
+    """Returns the line printed for a surface's or an interpolation's record."""
     from landscape.surfaces import MODE_TEXT
+
+    return f"{variant}: {path} ({MODE_TEXT[header['settings']['mode']]})"
+
+
+def run_picture(
+    run_dir: Path,
+    analysis: Callable[..., dict[str, Path]],
+    *,
+    data: str | None,
+    progress: bool,
+    figures: bool,
+    chunk: int | None,
+    strategy: str | None,
+    describe: Callable[[str, Path, dict[str, Any]], str] = _describe_picture,
+    progress_columns: tuple[str, ...] = ("points",),
+    name_width: int = 12,
+    **arguments: Any,
+) -> None:
+    """Runs a picture command's analysis on a finished run and prints what it wrote.
+
+    Loads the run's data (``data``: where it moved; None: its config's), calls
+    ``analysis(run_dir, **arguments, options=GridOptions(chunk, strategy), dataset=...,
+    on_progress=...)`` under a progress bar (a task per name it reports, ``progress_columns``
+    beside the bar, names padded to ``name_width``), prints ``describe(variant, path, header)``
+    for each record written and, with ``figures``, draws them into RUN_DIR/figures/. Bad data
+    or a refused record exit 2 in one line.
+    """
+    from landscape.analyses.pictures import GridOptions
+    from landscape.data import DataError, load_dataset
+    from landscape.surface_records import SurfaceError, load_record
 
     config = load_saved_config(run_dir)
     runtime.prepare_compute()
     try:
         dataset = load_dataset(data or config.data, progress=progress)
+        call = functools.partial(
+            analysis,
+            run_dir,
+            **arguments,
+            options=GridOptions(chunk=chunk, strategy=strategy),
+            dataset=dataset,
+        )
         if progress:
             from landscape.progress import progress_bar
 
-            with progress_bar("points", console=err_console) as bar:
+            name = f"{{task.description:<{name_width}}}"
+            with progress_bar(*progress_columns, console=err_console, name=name) as bar:
                 tasks: dict[str, int] = {}
 
-                def on_progress(variant: str, done: int, total: int) -> None:
-                    if variant not in tasks:
-                        tasks[variant] = bar.add_task(variant, total=total)
-                    bar.update(tasks[variant], completed=done)
+                def on_progress(task: str, done: int, total: int) -> None:
+                    if task not in tasks:
+                        tasks[task] = bar.add_task(task, total=total)
+                    bar.update(tasks[task], completed=done)
 
-                written = call(dataset, on_progress)
+                written = call(on_progress=on_progress)
         else:
-            written = call(dataset, None)
+            written = call(on_progress=None)
     except (DataError, SurfaceError) as err:
         fail(str(err))
-    from landscape.surface_records import load_record
-
     for variant, path in written.items():
-        header = load_record(path)["header"]
-        mode = header["settings"]["mode"]
-        console.print(f"{variant}: {path} ({MODE_TEXT[mode]})", highlight=False)
+        line = describe(variant, path, load_record(path)["header"])
+        console.print(line, highlight=False, soft_wrap=True)
     if figures:
         from landscape.plots import save_figure, surface_figures
 
-        names = {path.stem for path in written.values()}
-        for name, fig in surface_figures(run_dir, names=names).items():
-            console.print(str(save_figure(fig, run_dir / "figures" / name)[0]), highlight=False)
+        names = {Path(path).stem for path in written.values()}
+        for fig_name, fig in surface_figures(run_dir, names=names).items():
+            out = save_figure(fig, run_dir / "figures" / fig_name)[0]
+            console.print(str(out), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -185,8 +164,8 @@ def surface(
         ),
     ] = "random",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random directions.")] = 0,
-    batches: BatchesOpt = 1,
-    mode: ModeOpt = "train",
+    batches: PictureBatchesOpt = 1,
+    mode: PictureModeOpt = "train",
     ignore: Annotated[
         str,
         typer.Option(
@@ -201,9 +180,9 @@ def surface(
             help="Make d2 orthogonal to d1 (2D). Default off: random directions are nearly orthogonal.",
         ),
     ] = False,
-    accuracy: AccuracyOpt = True,
-    chunk: ChunkOpt = None,
-    strategy: GridStrategyOpt = None,
+    accuracy: PictureAccuracyOpt = True,
+    chunk: PictureChunkOpt = None,
+    strategy: PictureStrategyOpt = None,
     name: NameOpt = None,
     data: PictureDataOpt = None,
     overwrite: PictureOverwriteOpt = False,
@@ -220,36 +199,33 @@ def surface(
             raise CliError(f"unknown --direction {direction!r}; choose random or gradient")
         if ignore not in ("biases-and-bn", "none"):
             raise CliError(f"unknown --ignore {ignore!r}; choose biases-and-bn or none")
-        _picture_options(mode, batches, chunk, strategy)
-        chosen = parse_list(variants, "--variants") if variants else None
+        chosen = check_picture_options(mode, batches, chunk, strategy, variants)
     except CliError as err:
         fail(str(err))
+    from landscape.analyses.pictures import surface as run_surface
 
-    def call(dataset, on_progress):
-        from landscape.analyses.pictures import GridOptions
-        from landscape.analyses.pictures import surface as run_surface
-
-        return run_surface(
-            run_dir,
-            step=at,
-            variants=chosen,
-            dims=dims,
-            grid=axis,
-            direction=direction,
-            seed=seed,
-            batches=batches,
-            mode=mode,
-            ignore=ignore,
-            orthogonalize=orthogonalize,
-            accuracy=accuracy,
-            name=name,
-            overwrite=overwrite,
-            options=GridOptions(chunk=chunk, strategy=strategy),
-            dataset=dataset,
-            on_progress=on_progress,
-        )
-
-    _picture(run_dir, data, progress, figures, call)
+    run_picture(
+        run_dir,
+        run_surface,
+        data=data,
+        progress=progress,
+        figures=figures,
+        chunk=chunk,
+        strategy=strategy,
+        step=at,
+        variants=chosen,
+        dims=dims,
+        grid=axis,
+        direction=direction,
+        seed=seed,
+        batches=batches,
+        mode=mode,
+        ignore=ignore,
+        orthogonalize=orthogonalize,
+        accuracy=accuracy,
+        name=name,
+        overwrite=overwrite,
+    )
 
 
 @app.command()
@@ -268,11 +244,11 @@ def interpolate(
             "--range", help="Grid of t as LO:HI:N; t = 0 is A, t = 1 is B. Default -0.5:1.5:41."
         ),
     ] = "-0.5:1.5:41",
-    batches: BatchesOpt = 1,
-    mode: ModeOpt = "train",
-    accuracy: AccuracyOpt = True,
-    chunk: ChunkOpt = None,
-    strategy: GridStrategyOpt = None,
+    batches: PictureBatchesOpt = 1,
+    mode: PictureModeOpt = "train",
+    accuracy: PictureAccuracyOpt = True,
+    chunk: PictureChunkOpt = None,
+    strategy: PictureStrategyOpt = None,
     name: NameOpt = None,
     data: PictureDataOpt = None,
     overwrite: PictureOverwriteOpt = False,
@@ -283,29 +259,26 @@ def interpolate(
     try:
         step_a, step_b = parse_step(start, "--from"), parse_step(end, "--to")
         axis = parse_range(grid, "--range")
-        _picture_options(mode, batches, chunk, strategy)
-        chosen = parse_list(variants, "--variants") if variants else None
+        chosen = check_picture_options(mode, batches, chunk, strategy, variants)
     except CliError as err:
         fail(str(err))
+    from landscape.analyses.pictures import interpolate as run_interpolate
 
-    def call(dataset, on_progress):
-        from landscape.analyses.pictures import GridOptions
-        from landscape.analyses.pictures import interpolate as run_interpolate
-
-        return run_interpolate(
-            run_dir,
-            start=step_a,
-            end=step_b,
-            variants=chosen,
-            grid=axis,
-            batches=batches,
-            mode=mode,
-            accuracy=accuracy,
-            name=name,
-            overwrite=overwrite,
-            options=GridOptions(chunk=chunk, strategy=strategy),
-            dataset=dataset,
-            on_progress=on_progress,
-        )
-
-    _picture(run_dir, data, progress, figures, call)
+    run_picture(
+        run_dir,
+        run_interpolate,
+        data=data,
+        progress=progress,
+        figures=figures,
+        chunk=chunk,
+        strategy=strategy,
+        start=step_a,
+        end=step_b,
+        variants=chosen,
+        grid=axis,
+        batches=batches,
+        mode=mode,
+        accuracy=accuracy,
+        name=name,
+        overwrite=overwrite,
+    )

@@ -22,6 +22,9 @@ from landscape.app.cli.common import (
 )
 from landscape.app.cli.options import LogOpt, ProgressOpt
 
+ShiftRunDirArg = Annotated[Path, typer.Argument(help="A run directory with checkpoints.")]
+
+
 ShiftEveryOpt = Annotated[
     int,
     typer.Option(
@@ -92,7 +95,7 @@ def _shift_command(run_dir: Path, data: str | None, progress: bool, record, **op
 
 @app.command("ics")
 def ics_command(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory with checkpoints.")],
+    run_dir: ShiftRunDirArg,
     every: ShiftEveryOpt = 1,
     steps: ShiftStepsOpt = None,
     layers: Annotated[
@@ -132,7 +135,7 @@ def ics_command(
 
 @app.command("activations")
 def activations_command(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory with checkpoints.")],
+    run_dir: ShiftRunDirArg,
     every: ShiftEveryOpt = 1,
     steps: ShiftStepsOpt = None,
     layers: Annotated[

@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from landscape.app import runtime
-from landscape.app.cli.common import (
-    CliError,
-    app,
-    check_positive,
-    console,
-    err_console,
-    fail,
-    load_saved_config,
-    parse_list,
-    parse_range,
-)
-from landscape.app.cli.options import ProgressOpt, RunDirArg
-from landscape.app.cli.pictures import (
-    AccuracyOpt,
-    BatchesOpt,
-    ChunkOpt,
-    GridStrategyOpt,
-    ModeOpt,
+from landscape.app.cli.common import CliError, app, check_positive, fail, parse_range
+from landscape.app.cli.options import (
+    PictureAccuracyOpt,
+    PictureBatchesOpt,
+    PictureChunkOpt,
     PictureDataOpt,
     PictureFiguresOpt,
+    PictureModeOpt,
     PictureOverwriteOpt,
+    PictureStrategyOpt,
     PictureVariantsOpt,
-    _picture_options,
+    ProgressOpt,
+    RunDirArg,
 )
+from landscape.app.cli.pictures import check_picture_options, run_picture
 
 
 def parse_grid(text: str) -> tuple[tuple[float, float, int] | None, int]:
@@ -46,6 +36,18 @@ def parse_grid(text: str) -> tuple[tuple[float, float, int] | None, int]:
         return None, points
     grid = parse_range(text, "--range")
     return grid, grid[2]
+
+
+def _describe_path(variant: str, path: Path, header: dict[str, Any]) -> str:
+    """Returns the line printed for a trajectory's record: its checkpoints, the two directions'
+    shares of the path's variance, the record's path."""
+    info = header["info"]
+    steps = info["path"]["steps"]
+    shares = " and ".join(f"{100 * r:.1f}%" for r in info["explained_variance_ratio"])
+    return (
+        f"{variant}: {len(steps)} checkpoints (steps {steps[0]}-{steps[-1]}); the two "
+        f"PCA directions explain {shares} of the path's variance; {path}"
+    )
 
 
 @app.command()
@@ -81,9 +83,9 @@ def trajectory(
             help="biases-and-bn (default): leave biases and BatchNorm parameters out of the PCA and the directions; none: keep every parameter.",
         ),
     ] = "biases-and-bn",
-    batches: BatchesOpt = 1,
-    mode: ModeOpt = "train",
-    accuracy: AccuracyOpt = True,
+    batches: PictureBatchesOpt = 1,
+    mode: PictureModeOpt = "train",
+    accuracy: PictureAccuracyOpt = True,
     oversampling: Annotated[
         int,
         typer.Option(
@@ -99,8 +101,8 @@ def trajectory(
         ),
     ] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the PCA's random sketch.")] = 0,
-    chunk: ChunkOpt = None,
-    strategy: GridStrategyOpt = None,
+    chunk: PictureChunkOpt = None,
+    strategy: PictureStrategyOpt = None,
     name: Annotated[
         str | None,
         typer.Option(
@@ -123,74 +125,35 @@ def trajectory(
             raise CliError(f"unknown --ignore {ignore!r}; choose biases-and-bn or none")
         check_positive("--oversampling", oversampling, allow_zero=True)
         check_positive("--power-iterations", power_iterations, allow_zero=True)
-        _picture_options(mode, batches, chunk, strategy)
-        chosen = parse_list(variants, "--variants") if variants else None
+        chosen = check_picture_options(mode, batches, chunk, strategy, variants)
     except CliError as err:
         fail(str(err))
-
-    from landscape.analyses.pictures import GridOptions
     from landscape.analyses.trajectory import PathOptions
     from landscape.analyses.trajectory import trajectory as run_trajectory
-    from landscape.data import DataError, load_dataset
-    from landscape.surface_records import SurfaceError, load_record
 
-    config = load_saved_config(run_dir)
-    runtime.prepare_compute()
-
-    def call(dataset, on_progress):
-        return run_trajectory(
-            run_dir,
-            variants=chosen,
-            every=every,
-            grid=axis,
-            points=points,
-            filter_normalize=filter_normalize,
-            ignore=ignore,
-            batches=batches,
-            mode=mode,
-            accuracy=accuracy,
-            name=name,
-            overwrite=overwrite,
-            path_options=PathOptions(
-                oversampling=oversampling, power_iterations=power_iterations, seed=seed
-            ),
-            options=GridOptions(chunk=chunk, strategy=strategy),
-            dataset=dataset,
-            on_progress=on_progress,
-        )
-
-    try:
-        dataset = load_dataset(data or config.data, progress=progress)
-        if progress:
-            from landscape.progress import progress_bar
-
-            with progress_bar(console=err_console, name="{task.description:<26}") as bar:
-                tasks: dict[str, int] = {}
-
-                def on_progress(task: str, done: int, total: int) -> None:
-                    if task not in tasks:
-                        tasks[task] = bar.add_task(task, total=total)
-                    bar.update(tasks[task], completed=done)
-
-                written = call(dataset, on_progress)
-        else:
-            written = call(dataset, None)
-    except (DataError, SurfaceError) as err:
-        fail(str(err))
-    for variant, path in written.items():
-        info = load_record(path)["header"]["info"]
-        steps = info["path"]["steps"]
-        shares = " and ".join(f"{100 * r:.1f}%" for r in info["explained_variance_ratio"])
-        console.print(
-            f"{variant}: {len(steps)} checkpoints (steps {steps[0]}-{steps[-1]}); the two "
-            f"PCA directions explain {shares} of the path's variance; {path}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    if figures:
-        from landscape.plots import save_figure, surface_figures
-
-        names = {Path(path).stem for path in written.values()}
-        for fig_name, fig in surface_figures(run_dir, names=names).items():
-            out = save_figure(fig, run_dir / "figures" / fig_name)[0]
-            console.print(str(out), highlight=False, soft_wrap=True)
+    run_picture(
+        run_dir,
+        run_trajectory,
+        data=data,
+        progress=progress,
+        figures=figures,
+        chunk=chunk,
+        strategy=strategy,
+        describe=_describe_path,
+        progress_columns=(),
+        name_width=26,
+        variants=chosen,
+        every=every,
+        grid=axis,
+        points=points,
+        filter_normalize=filter_normalize,
+        ignore=ignore,
+        batches=batches,
+        mode=mode,
+        accuracy=accuracy,
+        name=name,
+        overwrite=overwrite,
+        path_options=PathOptions(
+            oversampling=oversampling, power_iterations=power_iterations, seed=seed
+        ),
+    )
