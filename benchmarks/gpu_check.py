@@ -246,6 +246,18 @@ def _peer_figures(out: Path) -> list[dict[str, Any]]:
     return [{k: r[k] for k in keep if k in r} for r in lines[-1]["rows"]]
 
 
+def first_step_of_tolerance(compare: dict[str, Any]) -> float | None:
+    """Returns the largest difference at the first compared step, as a fraction of the allowed
+    one, over every record file of ``compare_records``' result; None when it has no per-step
+    figures. A defect shows from that step on; rounding drift starts far below 1 and grows."""
+    firsts = []
+    for record in compare.get("records", {}).values():
+        by_step = record.get("of_tolerance_by_step") or {}
+        if by_step:
+            firsts.append(by_step[min(by_step, key=int)])
+    return max(firsts) if firsts else None
+
+
 def _torch_figures(out: Path) -> list[dict[str, Any]]:
     keep = ("torch_probed_step_s", "jax_probed_step_s", "probed_step_ratio_torch_over_jax")
     keep += ("train_step_ratio_torch_over_jax", "probe_ratio_torch_over_jax")
@@ -271,6 +283,9 @@ def summary(out: Path, mode: str, data_note: str) -> int:
         "stages": stages,
         "devices": _read_json(out / "devices.json"),
         "records_agree": None if compare is None else compare["ok"],
+        "records_at_first_step_of_tolerance": None
+        if compare is None
+        else first_step_of_tolerance(compare),
         "compare": None
         if compare is None
         else {k: compare[k] for k in ("ok", "rtol", "max_abs_diff", "max_rel_diff", "mismatches")},
@@ -299,6 +314,12 @@ def summary(out: Path, mode: str, data_note: str) -> int:
             f"  records agree: {compare['ok']} (max abs diff {compare['max_abs_diff']:.3g}, "
             f"max rel diff {compare['max_rel_diff']:.3g}, rtol {compare['rtol']:g})"
         )
+        first = report["records_at_first_step_of_tolerance"]
+        if first is not None:
+            print(
+                f"  at the first step the largest difference is {first:.2g} of the allowed one "
+                "(a defect shows from the first step; rounding drift grows along the run)"
+            )
     protocol = report["paper_protocol"]
     if protocol:
         print(

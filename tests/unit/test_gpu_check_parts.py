@@ -90,9 +90,28 @@ def _stages(out, **statuses):
     (out / "stages.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def _compare(out, ok):
+def _compare(out, ok, records=None):
     numbers = {"rtol": 1e-3, "max_abs_diff": 1e-5, "max_rel_diff": 1e-4, "mismatches": 0}
-    (out / "compare.json").write_text(json.dumps({"ok": ok, **numbers}))
+    (out / "compare.json").write_text(json.dumps({"ok": ok, **numbers, "records": records or {}}))
+
+
+def test_the_summary_separates_drift_from_a_defect_at_the_first_step(tmp_path, capsys):
+    _stages(tmp_path, devices="ok", smoke_compare="ok")
+    drift = {  # as the H200 gave: tiny at step 0, over the tolerance by the end
+        "batchnorm/probe.jsonl": {"of_tolerance_by_step": {"0": 3.6e-4, "2": 4e-4, "16": 0.73}},
+        "batchnorm/metrics.jsonl": {"of_tolerance_by_step": {"0": 0.0, "10": 1e-5, "30": 1.4}},
+    }
+    _compare(tmp_path, False, drift)
+    assert summary(tmp_path, "gpu", "synthetic") == 1
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["records_at_first_step_of_tolerance"] == 3.6e-4
+    assert "at the first step the largest difference is 0.00036" in capsys.readouterr().out
+    _compare(tmp_path, False)  # no per-step figures
+    summary(tmp_path, "gpu", "synthetic")
+    assert (
+        json.loads((tmp_path / "summary.json").read_text())["records_at_first_step_of_tolerance"]
+        is None
+    )
 
 
 def test_summary_passes_only_when_every_stage_passed_and_the_records_agree(tmp_path, capsys):
