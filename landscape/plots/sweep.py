@@ -35,7 +35,16 @@ PANELS = (
     ("beta", "effective β-smoothness (median)", True),
     ("loss_band", "loss band (median)", True),
 )
+# Series of one variant (the other axes' values) differ by line style on a numeric axis; on a
+# categorical one the points are not joined (no order between categories), so by marker.
 _LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D")
+
+
+def _look(position: int, numeric: bool) -> dict[str, Any]:
+    if numeric:
+        return {"ls": _LINESTYLES[position % 4], "marker": "o", "markersize": 4}
+    return {"ls": "none", "marker": _MARKERS[position % 4], "markersize": 6}
 
 
 def _is_number(value: Any) -> bool:
@@ -73,15 +82,13 @@ def sweep_figure(rows: Sequence[dict[str, Any]], axes: Sequence[str]) -> Figure 
                 (row for row in rows if series_of(row) == name), key=lambda r: position[r[x_key]]
             )
             color = variant_color(mine[0]["variant"]) if x_key != "variant" else "0.25"
-            style = _LINESTYLES[(index if x_key == "variant" else others_index(series, name)) % 4]
+            look = _look(index if x_key == "variant" else others_index(series, name), numeric)
             kept = [r for r in mine if r.get("diverged_at") is None and r.get(key) is not None]
             ax.plot(
                 [position[r[x_key]] for r in kept],
                 [r[key] for r in kept],
                 color=color,
-                ls=style,
-                marker="o",
-                markersize=4,
+                **look,
             )
             diverged = [position[r[x_key]] for r in mine if r.get("diverged_at") is not None]
             if diverged:
@@ -103,10 +110,11 @@ def sweep_figure(rows: Sequence[dict[str, Any]], axes: Sequence[str]) -> Figure 
             ax.set_xscale("log")
         if not numeric:
             ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=20)
+            ax.set_xlim(-0.5, len(xs) - 0.5)
         if log_y and _positive(rows, key):
             log_axis(ax)
         ax.grid(alpha=0.3)
-    handles = [_series_handle(name, x_key, others, series) for name in series]
+    handles = [_series_handle(name, x_key, others, series, numeric) for name in series]
     if any_diverged:
         handles.append(
             Line2D([], [], ls="", marker="x", markeredgewidth=2, color="0.3", label="diverged")
@@ -127,16 +135,18 @@ def _positive(rows: Sequence[dict[str, Any]], key: str) -> bool:
     return bool(values.size) and bool(np.all(values[np.isfinite(values)] > 0))
 
 
-def _series_handle(name: tuple, x_key: str, others: list[str], series: list[tuple]) -> Line2D:
+def _series_handle(
+    name: tuple, x_key: str, others: list[str], series: list[tuple], numeric: bool
+) -> Line2D:
     if x_key == "variant":
         label = ", ".join(f"{o}={v}" for o, v in zip(others, name, strict=True)) or "runs"
-        style = _LINESTYLES[series.index(name) % 4]
-        return Line2D([], [], color="0.25", ls=style, marker="o", label=label)
+        look = _look(series.index(name), numeric)
+        return Line2D([], [], color="0.25", label=label, **look)
     variant, *values = name
     extra = ", ".join(f"{o}={v}" for o, v in zip(others, values, strict=True))
     label = variant_label(variant) + (f" ({extra})" if extra else "")
-    style = _LINESTYLES[others_index(series, name) % 4]
-    return Line2D([], [], color=variant_color(variant), ls=style, marker="o", label=label)
+    look = _look(others_index(series, name), numeric)
+    return Line2D([], [], color=variant_color(variant), label=label, **look)
 
 
 def write_sweep_figure(

@@ -54,6 +54,7 @@ def test_learning_rates_on_a_log_axis_with_diverged_runs_crossed_at_the_top():
     assert acc_ax.get_yscale() == "linear"
     drawn = lines_with_data(loss_ax)
     curves = [line for line in drawn if line.get_marker() == "o"]
+    assert {c.get_linestyle() for c in curves} == {"-"}  # a numeric axis: joined
     crosses = [line for line in drawn if line.get_marker() == "x"]
     # The standard curve stops before its diverged learning rate; nothing reaches lr 2.
     assert [list(c.get_xdata()) for c in curves] == [[0.01, 0.1], [0.01, 0.1, 1.0]]
@@ -74,7 +75,9 @@ def test_a_categorical_axis_and_a_second_axis_as_line_styles():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["resnet20", "resnet20_noshort"]
     curves = lines_with_data(ax)
-    assert len(curves) == 4 and {c.get_linestyle() for c in curves} == {"-", "--"}
+    # Categories are not joined; the second axis's values differ by marker.
+    assert len(curves) == 4 and {c.get_linestyle() for c in curves} == {"None"}
+    assert {c.get_marker() for c in curves} == {"o", "s"}
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "Standard (seed=0)" in labels and "Standard (seed=1)" in labels
 
