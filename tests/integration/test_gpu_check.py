@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.sh --cpu-dry-run: every stage of the GPU check runs on the CPU at tiny
 sizes, writes its results as it goes, and the summary carries the records' verdict."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ STAGES = (
     "paper_short",
     "paper_long",
     "extrapolate",
+    "torch",
     "bench",
     "peers",
 )
@@ -43,6 +45,7 @@ def test_the_dry_run_passes_every_stage_and_summarises(tmp_path):
     # bit for bit (a comparison that saw identical numbers would prove nothing).
     compare = json.loads((out / "compare.json").read_text())
     assert compare["ok"] and summary["records_agree"]
+    assert 0 <= summary["records_at_first_step_of_tolerance"] < 1
     assert 0 < compare["max_abs_diff"] < 1e-2
     assert set(compare["records"]) == {"batchnorm/probe.jsonl", "batchnorm/metrics.jsonl"}
     assert compare["records"]["batchnorm/probe.jsonl"]["values"] > 0
@@ -61,6 +64,15 @@ def test_the_dry_run_passes_every_stage_and_summarises(tmp_path):
     tasks = {(r["task"], r["tool"]) for r in summary["peers_jax"]}
     assert {("lambda_max", "ours"), ("trace", "ours"), ("surface_3", "ours")} <= tasks
     assert all(r["tool"] == "ours" for r in summary["peers_jax"])
+
+    # Eager PyTorch on the same weights and batch, when torch is installed (CI installs it).
+    if importlib.util.find_spec("torch") is None:
+        assert summary["eager_torch"] == []
+    else:
+        (row,) = summary["eager_torch"]
+        assert row["variant"] == "batchnorm" and row["torch_device"] == "cpu"
+        assert row["agreement_max_rel_diff"]["loss"] < 1e-4
+        assert row["probed_step_ratio_torch_over_jax"] > 0
 
 
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path):
