@@ -6,7 +6,11 @@ from background threads: ``save`` only hands the (immutable) device arrays to a 
 returns, the copy to host and the write overlap the next training steps. On an accelerator a
 step can take less time than writing its checkpoint (the copy and the members' CRC-32), so
 machines with many cores run several writers at once (``writer_count``); the checkpoints may
-then be completed out of order, which retention and resume do not depend on. Each checkpoint is
+then be completed out of order, which retention and resume do not depend on. There, too,
+starting one host copy per leaf (a state has dozens) costs the training thread more than the
+step's own dispatch, so on an accelerator ``save`` first gathers the leaves into one buffer per
+dtype on the device (one compiled call, exact: a concatenation) and copies those; the writer
+cuts the host buffers back into the leaves (docs/performance.md#on-a-gpu). Each checkpoint is
 written into a temporary directory and renamed into place only when complete, so a run killed
 mid-write never leaves a half-written checkpoint that is read as good. A checkpoint damaged
 afterwards (a truncated file, flipped bits) is caught on load: ``state.npz`` is a zip archive
@@ -31,10 +35,12 @@ import shutil
 import threading
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from landscape.config import CheckpointConfig
@@ -93,6 +99,48 @@ def kept_steps(steps: list[int], config: CheckpointConfig) -> list[int]:
     return sorted(s for s in steps if s in newest or (period and s % period == 0))
 
 
+def _gather_by_dtype(arrays: list[jax.Array]) -> tuple[jax.Array, ...]:
+    """Returns the arrays flattened and concatenated, one 1-D buffer per dtype, dtypes in order
+    of first appearance and each dtype's arrays in their order (``_cut_by_dtype`` undoes it)."""
+    groups: dict[np.dtype, list[jax.Array]] = {}
+    for a in arrays:
+        groups.setdefault(np.dtype(a.dtype), []).append(a.ravel())
+    return tuple(jnp.concatenate(g) if len(g) > 1 else g[0] for g in groups.values())
+
+
+_gather_on_device = jax.jit(_gather_by_dtype)
+
+
+def _cut_by_dtype(buffers: list[np.ndarray], shapes: list[tuple[tuple[int, ...], np.dtype]]):
+    """Returns the arrays of ``shapes`` (shape, dtype) cut out of ``_gather_by_dtype``'s buffers
+    (copied to host): views, no copies."""
+    order = list(dict.fromkeys(dtype for _, dtype in shapes))
+    offsets = dict.fromkeys(order, 0)
+    out = []
+    for shape, dtype in shapes:
+        size = int(np.prod(shape, dtype=np.int64))
+        buffer = buffers[order.index(dtype)]
+        out.append(buffer[offsets[dtype] : offsets[dtype] + size].reshape(shape))
+        offsets[dtype] += size
+    return out
+
+
+def gathers_by_default(state: Any) -> bool:
+    """Returns whether ``Checkpointer.save`` gathers ``state``'s leaves on the device before
+    copying them to host by default: when every leaf is a JAX array held whole by each of its
+    devices, on a GPU or TPU (where gathering pays, and the gathered buffer is the same on each
+    device)."""
+    arrays = jax.tree.leaves(state)
+    if not arrays or not all(isinstance(a, jax.Array) for a in arrays):
+        return False
+    try:
+        return all(
+            a.is_fully_replicated and next(iter(a.devices())).platform != "cpu" for a in arrays
+        )
+    except Exception:  # an array deleted or not addressable here: copy leaf by leaf
+        return False
+
+
 def _place_like(array: np.ndarray, leaf: Any) -> jax.Array:
     """Returns ``array`` on the devices and with the sharding of ``leaf`` (a replicated state on a
     mesh stays replicated; on several hosts each process places its own shards)."""
@@ -125,6 +173,10 @@ class Checkpointer:
     is on disk. At most ``queue_size`` states (at least one per writer) wait to be written, so
     memory stays flat when the disk is slower than training (``save`` then waits:
     back-pressure, never dropped saves). ``writers`` threads write (default ``writer_count()``).
+    ``gather`` says whether ``save`` gathers the leaves into one buffer per dtype on the device
+    before copying them to host (default None: on GPUs and TPUs, where it saves the training
+    thread dozens of copy calls; on a CPU the copy is free and the gathering is not). The files
+    are the same either way.
     """
 
     def __init__(
@@ -134,6 +186,7 @@ class Checkpointer:
         *,
         queue_size: int = 2,
         writers: int | None = None,
+        gather: bool | None = None,
     ):
         self.config = config or CheckpointConfig()
         fmt = getattr(self.config, "format", "npz")
@@ -145,6 +198,7 @@ class Checkpointer:
         self._orbax = None
         self._error: BaseException | None = None
         self._writer_count = max(1, writer_count() if writers is None else writers)
+        self._gather = gather
         self._queue: queue.Queue = queue.Queue(maxsize=max(queue_size, self._writer_count))
         self._writers: list[threading.Thread] = []
         # Renaming into place and retention see and change the whole directory: one at a time.
@@ -180,13 +234,31 @@ class Checkpointer:
                 writer = threading.Thread(target=self._write_loop, daemon=True)
                 writer.start()
                 self._writers.append(writer)
-        # JAX arrays are immutable and the train step donates nothing, so the writer thread can
-        # copy them to host itself while the next steps run.
-        leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-        for _, leaf in leaves:
-            if isinstance(leaf, jax.Array):
-                leaf.copy_to_host_async()
-        self._queue.put((int(step), leaves))
+        # JAX arrays are immutable and the train step donates nothing, so the copies to host can
+        # start here and be awaited by the writer thread while the next steps run.
+        flat = jax.tree_util.tree_flatten_with_path(state)[0]
+        names = [_leaf_name(path) for path, _ in flat]
+        values = [value for _, value in flat]
+        if self._gather is None:
+            # Where a run's state lives does not change: decided once, off the per-step path.
+            self._gather = gathers_by_default(values)
+        if self._gather and values and all(isinstance(v, jax.Array) for v in values):
+            buffers = _gather_on_device(values)
+            for buffer in buffers:
+                buffer.copy_to_host_async()
+            shapes = [(tuple(v.shape), np.dtype(v.dtype)) for v in values]
+
+            def fetch(buffers=buffers, shapes=shapes) -> list[np.ndarray]:
+                return _cut_by_dtype([np.asarray(b) for b in buffers], shapes)
+        else:
+            for value in values:
+                if isinstance(value, jax.Array):
+                    value.copy_to_host_async()
+
+            def fetch(values=values) -> list[np.ndarray]:
+                return [np.asarray(v) for v in values]
+
+        self._queue.put((int(step), names, fetch))
 
     def _write_loop(self) -> None:
         while True:
@@ -202,8 +274,8 @@ class Checkpointer:
             finally:
                 self._queue.task_done()
 
-    def _write(self, step: int, leaves: list) -> None:
-        arrays = {_leaf_name(path): np.asarray(leaf) for path, leaf in leaves}
+    def _write(self, step: int, names: list[str], fetch: Callable[[], list[np.ndarray]]) -> None:
+        arrays = dict(zip(names, fetch(), strict=True))
         tmp = self.directory / f"{_TMP_PREFIX}{step}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -293,10 +365,15 @@ class Checkpointer:
         restored = []
         for name, (_, leaf) in zip(names, leaves, strict=True):
             array = arrays[name]
-            if array.shape != np.shape(leaf) or array.dtype != np.asarray(leaf).dtype:
+            expected = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+            if array.dtype.kind == "V" and array.dtype.itemsize == expected.itemsize:
+                # npy has no code for JAX's extra dtypes (bfloat16, float8): they are stored as
+                # raw bytes of the same width, which the expected dtype reads back exactly.
+                array = array.view(expected)
+            if array.shape != np.shape(leaf) or array.dtype != expected:
                 raise ValueError(
                     f"checkpoint {path}: {name} is {array.dtype}{list(array.shape)}, "
-                    f"expected {np.asarray(leaf).dtype}{list(np.shape(leaf))}"
+                    f"expected {expected}{list(np.shape(leaf))}"
                 )
             restored.append(_place_like(array, leaf))
         return jax.tree_util.tree_unflatten(treedef, restored)

@@ -88,6 +88,42 @@ def test_several_writers_keep_every_state_and_the_same_checkpoints(tmp_path):
         np.testing.assert_array_equal(restored.params["w"], np.full((64, 64), step))
 
 
+def test_gathering_on_the_device_writes_the_same_files(tmp_path):
+    # The accelerator's path (one buffer per dtype, cut back on the host) forced on the CPU:
+    # every member of the file must be bit for bit the leaf-by-leaf path's, mixed dtypes,
+    # scalars and empty leaves included, and restore to the state.
+    state = make_state(2).replace(
+        step=jnp.asarray(7, jnp.int32),
+        params={
+            "w": jnp.arange(12.0).reshape(3, 4) / 7,
+            "b": jnp.asarray([-0.0, np.nan, np.inf], jnp.float32),
+            "half": jnp.linspace(0, 1, 5, dtype=jnp.bfloat16),
+            "empty": jnp.zeros((0, 3)),
+            "count": jnp.asarray([3, -4], jnp.int32),
+        },
+    )
+    for gather in (True, False):
+        with Checkpointer(tmp_path / str(gather), gather=gather) as ckpt:
+            ckpt.save(1, state)
+    with (
+        np.load(tmp_path / "True" / "1" / STATE_FILE) as gathered,
+        np.load(tmp_path / "False" / "1" / STATE_FILE) as leaf_by_leaf,
+    ):
+        assert gathered.files == leaf_by_leaf.files
+        for name in gathered.files:
+            a, b = gathered[name], leaf_by_leaf[name]
+            assert a.dtype == b.dtype and a.shape == b.shape, name
+            assert a.tobytes() == b.tobytes(), name
+    restored = Checkpointer(tmp_path / "True").restore(1, state)
+    assert_trees_equal(restored, state)
+
+
+def test_a_cpu_state_is_copied_leaf_by_leaf(tmp_path):
+    with Checkpointer(tmp_path / "c") as ckpt:
+        ckpt.save(0, make_state())
+        assert ckpt._gather is False  # the default decides from where the state lives
+
+
 def test_writer_count_leaves_small_machines_one_writer():
     assert writer_count(2) == writer_count(4) == 1
     assert writer_count(16) == 4 and writer_count(64) == 4 and writer_count(8) == 2
