@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py devices OUT/devices.json
     python benchmarks/gpu_check.py timed NAME STEPS OUT/paper_runs.jsonl -- COMMAND...
-    python benchmarks/gpu_check.py extrapolate OUT --preset paper --short NAME --long NAME
+    python benchmarks/gpu_check.py extrapolate OUT --preset paper --short NAME --long NAME [--to F]
     python benchmarks/gpu_check.py summary OUT --mode gpu
 
 ``devices`` records what JAX sees; ``timed`` runs a ``landscape probe`` command, timing it and
@@ -193,9 +193,12 @@ def extrapolate_protocol(
     }
 
 
-def extrapolate(out: Path, preset_name: str, short_name: str, long_name: str) -> int:
-    """Writes ``out/paper_protocol.json`` from the timed runs in ``out/paper_runs.jsonl``;
-    returns 0, or 1 when the runs cannot give an estimate (said in one line)."""
+def extrapolate(
+    out: Path, preset_name: str, short_name: str, long_name: str, to: str = "paper_protocol.json"
+) -> int:
+    """Writes ``out/<to>`` from the timed runs in ``out/paper_runs.jsonl``; returns 0, or 1 when
+    the runs cannot give an estimate (said in one line). Runs whose variants ran at once (a
+    parallel sweep prints no per-variant line) are extrapolated from the whole commands."""
     config = preset(preset_name)
     runs = {r["name"]: r for r in _read_jsonl(out / "paper_runs.jsonl")}
     if short_name not in runs or long_name not in runs:
@@ -210,12 +213,13 @@ def extrapolate(out: Path, preset_name: str, short_name: str, long_name: str) ->
         return 1
     # The timed runs probe every step; a preset that probes less often (smoke) is overestimated.
     result = {"preset": preset_name, "preset_probe_every": config.probe.every, **result}
-    (out / "paper_protocol.json").write_text(json.dumps(result, indent=1) + "\n")
+    result["runs"] = [short_name, long_name]
+    (out / to).write_text(json.dumps(result, indent=1) + "\n")
     per_step = ", ".join(f"{v} {s * 1e3:.1f} ms" for v, s in result["marginal_step_s"].items())
     print(
         f"{preset_name} protocol ({config.steps} steps x {len(config.variants)} variants, probed "
-        f"every step): {result['protocol_min']:.1f} min; per probed step "
-        f"{per_step} (from the {result['rate_from']})"
+        f"every step; runs {short_name}, {long_name}): {result['protocol_min']:.1f} min; per "
+        f"probed step {per_step} (from the {result['rate_from']})"
     )
     return 0
 
@@ -233,6 +237,10 @@ def _bench_figures(out: Path) -> dict[str, Any] | None:
         "probe": r["probe"],
         "compile_train_step_s": r["compile_train_step_s"],
         "whole_run_steps_per_s": r.get("run", {}).get("steps_per_s"),
+        # A step with a checkpoint against a plain one, per format and way of copying to host.
+        "checkpoint_overhead": {
+            f: v["overhead_ratio"] for f, v in r.get("checkpoint", {}).get("formats", {}).items()
+        },
         "device": rows[-1]["machine"]["device"],
     }
 
@@ -291,6 +299,7 @@ def summary(out: Path, mode: str, data_note: str) -> int:
         else {k: compare[k] for k in ("ok", "rtol", "max_abs_diff", "max_rel_diff", "mismatches")},
         "compare_default_precision": None,
         "paper_protocol": _read_json(out / "paper_protocol.json"),
+        "paper_protocol_shared": _read_json(out / "paper_protocol_shared.json"),
         "bench": _bench_figures(out),
         "peers_jax": _peer_figures(out),
         "eager_torch": _torch_figures(out),
@@ -320,12 +329,15 @@ def summary(out: Path, mode: str, data_note: str) -> int:
                 f"  at the first step the largest difference is {first:.2g} of the allowed one "
                 "(a defect shows from the first step; rounding drift grows along the run)"
             )
-    protocol = report["paper_protocol"]
-    if protocol:
-        print(
-            f"  {protocol['preset']} protocol: {protocol['protocol_min']:.1f} min "
-            f"({protocol['protocol_steps']} steps x {len(protocol['variants'])} variants)"
-        )
+    for key, how in (("paper_protocol", "one after the other"), ("paper_protocol_shared", "")):
+        protocol = report[key]
+        if protocol:
+            how = how or "at once, sharing the device"
+            print(
+                f"  {protocol['preset']} protocol: {protocol['protocol_min']:.1f} min "
+                f"({protocol['protocol_steps']} steps x {len(protocol['variants'])} variants, "
+                f"{how})"
+            )
     for row in report["eager_torch"]:
         print(
             f"  eager torch ({row['torch_device']}) / ours, {row['variant']} probed step: "
@@ -350,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="paper")
     p.add_argument("--short", required=True)
     p.add_argument("--long", required=True)
+    p.add_argument("--to", default="paper_protocol.json", help="file name in OUT")
     p = sub.add_parser("summary")
     p.add_argument("out", type=Path)
     p.add_argument("--mode", default="gpu")
@@ -361,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         return timed(args.name, args.steps, args.results, command)
     if args.what == "extrapolate":
-        return extrapolate(args.out, args.preset, args.short, args.long)
+        return extrapolate(args.out, args.preset, args.short, args.long, args.to)
     return summary(args.out, args.mode, args.data_note)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from landscape.checkpoints import Checkpointer
+from landscape.checkpoints import Checkpointer, gathers_by_default
 from landscape.config import RunConfig
 from landscape.data import Dataset
 from landscape.results import repair_tail
@@ -183,17 +183,25 @@ def run_bench(
 def checkpoint_overhead(trainer: Trainer, state, steps: int, config: RunConfig) -> dict[str, Any]:
     """Returns median step seconds without and with a checkpoint every step, per format.
 
-    The formats (``npz``, ``orbax``) and the plain step are timed in alternating rounds on the
-    same trajectory. Returns ``step_s``, and per format ``step_with_checkpoint_s`` and
+    The formats (``npz``, ``orbax``), npz with the other way of copying to host, and the plain
+    step are timed in alternating rounds on the same trajectory. Returns ``step_s``, and per format ``step_with_checkpoint_s`` and
     ``overhead_ratio`` (step with a save / plain step); the top-level ``overhead_ratio`` is the
     configured format's.
     """
-    formats = ("npz", "orbax")
+    # npz as it runs here, npz with the other way of copying the state to host (gathered on the
+    # device first, or leaf by leaf: docs/performance.md#on-a-gpu), and orbax.
+    gathers = gathers_by_default(state)
+    other = "npz (leaf by leaf)" if gathers else "npz (gathered on the device)"
+    formats = ("npz", other, "orbax")
     times: dict[str, list[float]] = {"without": [], **{f: [] for f in formats}}
     with tempfile.TemporaryDirectory() as tmp:
         checkpointers = {
-            f: Checkpointer(Path(tmp) / f, dataclasses.replace(config.checkpoint, format=f))
-            for f in formats
+            f: Checkpointer(
+                Path(tmp) / str(i),
+                dataclasses.replace(config.checkpoint, format=f.split()[0]),
+                gather=not gathers if f == other else None,
+            )
+            for i, f in enumerate(formats)
         }
         step = 0
         for _ in range(2):  # warm-up: writer threads start, the step is compiled

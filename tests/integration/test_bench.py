@@ -23,7 +23,8 @@ def test_run_bench_reports_every_quantity(tmp_path, tiny_config, tiny_dataset):
     assert run["rss_mib"]["max"] >= run["rss_mib"]["first"] > 0
     path = write_results(result, tmp_path)
     assert json.loads(path.read_text().splitlines()[-1])["results"]["fastest_strategy"] == "map"
-    assert set(r["checkpoint"]["formats"]) == {"npz", "orbax"}
+    # On a CPU the state is copied leaf by leaf; the accelerator's way is timed beside it.
+    assert set(r["checkpoint"]["formats"]) == {"npz", "npz (gathered on the device)", "orbax"}
     assert any("checkpoint every step (npz)" in name for name, _ in result_rows(result))
 
 
