@@ -29,11 +29,16 @@
 #                  -> paper_runs.jsonl (dry run: the smoke preset, 2 and 6 steps)
 #   extrapolate    the paper protocol's wall time (its step count and variants from the paper
 #                  preset) from those two runs -> paper_protocol.json
+#   bench          `landscape bench --preset paper` -> bench/bench.jsonl (dry run: smoke, tiny)
+#   shared_short, shared_long, shared_extrapolate
+#                  the same two runs with both variants at once, each in its own process sharing
+#                  the GPU (`landscape sweep --grid variant=standard,batchnorm --parallel 2
+#                  --oversubscribe`), and the protocol's wall time that way
+#                  -> paper_runs.jsonl, paper_protocol_shared.json (dry run: 2 and 4 steps)
 #   torch          eager PyTorch against ours on the paper network, same weights and batch, both
 #                  on the GPU (benchmarks/compare_torch.py --device cuda), when the machine's
 #                  Python has torch with CUDA; else skipped and said so -> torch_vs_jax.jsonl
 #                  (dry run: the smoke network, both on the CPU, when torch is installed)
-#   bench          `landscape bench --preset paper` -> bench/bench.jsonl (dry run: smoke, tiny)
 #   peers          the JAX rows of benchmarks/peers.py (curvature and surfaces) -> peers.jsonl
 # and finally summary.json. Exit status: 0 when every stage finished and the records agree, 1
 # when not, 2 on bad arguments, 3 when JAX is missing or (without --cpu-dry-run) sees no GPU.
@@ -227,6 +232,28 @@ extrapolate_stage() {
     "$PY" benchmarks/gpu_check.py extrapolate "$OUT" --preset "$preset" --short short --long long
 }
 
+# A small network leaves a large GPU idle between its kernels: two variants at once, each in its
+# own worker process, may finish the protocol sooner than one after the other.
+shared_run() { # NAME STEPS
+    local preset=paper
+    [ "$DRY" = 1 ] && preset=smoke
+    "$PY" benchmarks/gpu_check.py timed "$1" "$2" "$OUT/paper_runs.jsonl" -- \
+        "$PY" -m landscape sweep --preset "$preset" --data "$DATA" --steps "$2" --probe-every 1 \
+        --grid variant=standard,batchnorm --parallel 2 --oversubscribe --no-progress \
+        --out "$OUT/paper_$1"
+    local rc=$?
+    find "$OUT/paper_$1" -type d -name checkpoints -prune -exec rm -rf {} + # the records stay
+    return "$rc"
+}
+shared_short_stage() { local n=30; [ "$DRY" = 1 ] && n=2; shared_run shared_short "$n"; }
+shared_long_stage() { local n=300; [ "$DRY" = 1 ] && n=4; shared_run shared_long "$n"; }
+shared_extrapolate_stage() {
+    local preset=paper
+    [ "$DRY" = 1 ] && preset=smoke
+    "$PY" benchmarks/gpu_check.py extrapolate "$OUT" --preset "$preset" --short shared_short \
+        --long shared_long --to paper_protocol_shared.json
+}
+
 torch_stage() {
     if ! "$PY" -c "import torch" > /dev/null 2>&1; then
         echo "torch is not installed in $PY: eager PyTorch not measured"
@@ -273,7 +300,8 @@ peers_stage() {
 }
 
 export -f install_stage devices_stage smoke_compare_stage paper_run paper_short_stage \
-    paper_long_stage extrapolate_stage torch_stage bench_stage peers_stage
+    paper_long_stage extrapolate_stage shared_run shared_short_stage shared_long_stage \
+    shared_extrapolate_stage torch_stage bench_stage peers_stage
 
 stage install 90 install_stage
 if ! stage devices 60 devices_stage; then
@@ -289,7 +317,10 @@ fi
 stage smoke_compare 150 smoke_compare_stage
 stage paper_short 120 paper_short_stage
 stage paper_long 180 paper_long_stage && stage extrapolate 30 extrapolate_stage
-stage torch 120 torch_stage
 stage bench 120 bench_stage
+stage shared_short 120 shared_short_stage && stage shared_long 150 shared_long_stage &&
+    stage shared_extrapolate 30 shared_extrapolate_stage
+# Measured on the H200 already (docs/performance.md): last, so a tight budget cuts these first.
+stage torch 120 torch_stage
 stage peers 120 peers_stage
 finish
