@@ -8,10 +8,10 @@ step can take less time than writing its checkpoint (the copy and the members' C
 machines with many cores run several writers at once (``writer_count``); the checkpoints may
 then be completed out of order, which retention and resume do not depend on. There, too,
 starting one host copy per leaf (a state has dozens) costs the training thread more than the
-step's own dispatch, so on an accelerator ``save`` first gathers the leaves into one buffer per
-dtype on the device (one compiled call, exact: a concatenation) and copies those; the writer
-cuts the host buffers back into the leaves (docs/performance.md#on-a-gpu). Each checkpoint is
-written into a temporary directory and renamed into place only when complete, so a run killed
+step's own dispatch, so for a state on one accelerator ``save`` first gathers the leaves into
+one buffer per dtype on the device (one compiled call, exact: a concatenation) and copies
+those; the writer cuts the host buffers back into the leaves (docs/performance.md#on-a-gpu).
+Each checkpoint is written into a temporary directory and renamed into place only when complete, so a run killed
 mid-write never leaves a half-written checkpoint that is read as good. A checkpoint damaged
 afterwards (a truncated file, flipped bits) is caught on load: ``state.npz`` is a zip archive
 whose members each carry a CRC-32 that reading checks, and ``restore`` raises
@@ -115,6 +115,11 @@ def _cut_by_dtype(buffers: list[np.ndarray], shapes: list[tuple[tuple[int, ...],
     """Returns the arrays of ``shapes`` (shape, dtype) cut out of ``_gather_by_dtype``'s buffers
     (copied to host): views, no copies."""
     order = list(dict.fromkeys(dtype for _, dtype in shapes))
+    totals = dict.fromkeys(order, 0)
+    for shape, dtype in shapes:
+        totals[dtype] += int(np.prod(shape, dtype=np.int64))
+    if [(b.dtype, b.size) for b in buffers] != [(d, totals[d]) for d in order]:
+        raise ValueError("the gathered buffers do not hold the state's leaves")  # a defect
     offsets = dict.fromkeys(order, 0)
     out = []
     for shape, dtype in shapes:
@@ -127,18 +132,21 @@ def _cut_by_dtype(buffers: list[np.ndarray], shapes: list[tuple[tuple[int, ...],
 
 def gathers_by_default(state: Any) -> bool:
     """Returns whether ``Checkpointer.save`` gathers ``state``'s leaves on the device before
-    copying them to host by default: when every leaf is a JAX array held whole by each of its
-    devices, on a GPU or TPU (where gathering pays, and the gathered buffer is the same on each
-    device)."""
+    copying them to host by default: when every leaf is a JAX array on one and the same GPU or
+    TPU. A state replicated over several devices is copied leaf by leaf, as on a CPU: gathering
+    would run on every device, and on several hosts it would be a program that only the
+    writing process runs."""
     arrays = jax.tree.leaves(state)
     if not arrays or not all(isinstance(a, jax.Array) for a in arrays):
         return False
     try:
-        return all(
-            a.is_fully_replicated and next(iter(a.devices())).platform != "cpu" for a in arrays
-        )
+        devices = {frozenset(a.sharding.device_set) for a in arrays}
     except Exception:  # an array deleted or not addressable here: copy leaf by leaf
         return False
+    if len(devices) != 1:
+        return False
+    (device_set,) = devices
+    return len(device_set) == 1 and next(iter(device_set)).platform != "cpu"
 
 
 def _place_like(array: np.ndarray, leaf: Any) -> jax.Array:
@@ -199,6 +207,7 @@ class Checkpointer:
         self._error: BaseException | None = None
         self._writer_count = max(1, writer_count() if writers is None else writers)
         self._gather = gather
+        self._layout: tuple[Any, list[str], bool] | None = None  # treedef, names, gathering
         self._queue: queue.Queue = queue.Queue(maxsize=max(queue_size, self._writer_count))
         self._writers: list[threading.Thread] = []
         # Renaming into place and retention see and change the whole directory: one at a time.
@@ -236,13 +245,16 @@ class Checkpointer:
                 self._writers.append(writer)
         # JAX arrays are immutable and the train step donates nothing, so the copies to host can
         # start here and be awaited by the writer thread while the next steps run.
-        flat = jax.tree_util.tree_flatten_with_path(state)[0]
-        names = [_leaf_name(path) for path, _ in flat]
-        values = [value for _, value in flat]
-        if self._gather is None:
-            # Where a run's state lives does not change: decided once, off the per-step path.
-            self._gather = gathers_by_default(values)
-        if self._gather and values and all(isinstance(v, jax.Array) for v in values):
+        values, treedef = jax.tree_util.tree_flatten(state)
+        if self._layout is None or self._layout[0] != treedef:
+            # A run saves states of one structure and placement: names and the way of copying
+            # are worked out once, off the per-step path.
+            names = [_leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+            gather = gathers_by_default(values) if self._gather is None else self._gather
+            gather = gather and bool(values) and all(isinstance(v, jax.Array) for v in values)
+            self._layout = (treedef, names, gather)
+        _, names, gather = self._layout
+        if gather:
             buffers = _gather_on_device(values)
             for buffer in buffers:
                 buffer.copy_to_host_async()
@@ -366,9 +378,13 @@ class Checkpointer:
         for name, (_, leaf) in zip(names, leaves, strict=True):
             array = arrays[name]
             expected = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
-            if array.dtype.kind == "V" and array.dtype.itemsize == expected.itemsize:
-                # npy has no code for JAX's extra dtypes (bfloat16, float8): they are stored as
-                # raw bytes of the same width, which the expected dtype reads back exactly.
+            if (
+                array.dtype.kind == expected.kind == "V"
+                and array.dtype.itemsize == expected.itemsize
+            ):
+                # npy has no code for bfloat16 (and ml_dtypes' other types of numpy's void kind):
+                # it is stored as raw bytes of its width, which bfloat16 reads back exactly. A
+                # float16 or int16 leaf is not void and is never reinterpreted.
                 array = array.view(expected)
             if array.shape != np.shape(leaf) or array.dtype != expected:
                 raise ValueError(

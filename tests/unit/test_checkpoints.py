@@ -15,6 +15,7 @@ from landscape.checkpoints import (
     CheckpointWriteError,
     DamagedCheckpointError,
     DamagedCheckpointWarning,
+    gathers_by_default,
     kept_steps,
     writer_count,
 )
@@ -118,10 +119,21 @@ def test_gathering_on_the_device_writes_the_same_files(tmp_path):
     assert_trees_equal(restored, state)
 
 
-def test_a_cpu_state_is_copied_leaf_by_leaf(tmp_path):
+def test_a_cpu_state_is_copied_leaf_by_leaf():
+    # The copy to host costs nothing on a CPU; gathering would only add a copy of the state.
+    assert not gathers_by_default(make_state())
+    assert not gathers_by_default({"w": np.zeros(3)})  # not JAX arrays at all
+
+
+def test_a_bfloat16_checkpoint_is_not_read_as_another_two_byte_dtype(tmp_path):
+    # npy stores bfloat16 as raw 2-byte values; only bfloat16 may read them back.
+    state = {"w": jnp.asarray([1.5, 2.0], jnp.bfloat16)}
     with Checkpointer(tmp_path / "c") as ckpt:
-        ckpt.save(0, make_state())
-        assert ckpt._gather is False  # the default decides from where the state lives
+        ckpt.save(0, state)
+        for other in (jnp.float16, jnp.int16):
+            with pytest.raises(ValueError, match="expected"):
+                ckpt.restore(0, {"w": jnp.zeros(2, other)})
+        assert ckpt.restore(0, state)["w"].dtype == jnp.bfloat16
 
 
 def test_writer_count_leaves_small_machines_one_writer():
