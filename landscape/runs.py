@@ -87,6 +87,17 @@ class VariantReport:
     reused_from: str | None = None  # the run directory this variant was copied from (--reuse)
     diverged: dict[str, Any] | None = None  # results.load_divergence's record, if it diverged
 
+    def timing_line(self) -> str:
+        """Returns the one line the command prints for this variant: steps, wall seconds, steps
+        per second, the probe's share and the checkpoints' seconds."""
+        rate = self.steps_run / self.wall_s if self.wall_s else float("nan")
+        share = 100 * self.probe_s / self.wall_s if self.wall_s else 0.0
+        return (
+            f"{self.variant}: {self.steps_run} steps in {self.wall_s:.1f} s ({rate:.2f} steps/s), "
+            f"probe {share:.0f}% of it ({self.probes_run} probed steps), "
+            f"checkpoints {self.checkpoint_s:.1f} s"
+        )
+
 
 # --- the loop and its hooks -------------------------------------------------------------------
 

@@ -268,11 +268,13 @@ def run_configuration(
     progress: bool = True,
     dataset: Any = None,
     devices: int | str | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> str:
     """Runs one configuration of a sweep into ``SWEEP_DIR/name``: new, or resumed if partial.
 
     Returns the status it found (``"done"`` runs nothing). Shared by the sequential sweep and
     the worker processes of a parallel one (``landscape.parallel``), so both resume alike.
+    ``say`` gets each trained variant's timing line (``VariantReport.timing_line``).
     """
     # Imported here, not at the top: a parallel sweep's parent process plans and summarises
     # with this module and must not start JAX before its workers pin their cores.
@@ -281,7 +283,7 @@ def run_configuration(
     run_dir = Path(sweep_dir) / name
     status = run_status(run_dir, config)
     if status != "done":
-        run(
+        reports = run(
             config,
             run_dir,
             resume=status == "partial",
@@ -291,6 +293,9 @@ def run_configuration(
             dataset=dataset,
             devices=devices,
         )
+        for report in reports:
+            if say is not None and report.steps_run:
+                say(report.timing_line())
     return status
 
 

@@ -79,6 +79,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
             probe_enabled=args.probe,
             progress=False,
             devices=devices,
+            say=lambda line: print(line, flush=True),  # the log carries each variant's speed
         )
     except KeyboardInterrupt:
         print("interrupted; the run resumes from its newest checkpoint next time", flush=True)

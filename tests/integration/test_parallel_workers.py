@@ -121,6 +121,11 @@ def test_parallel_sweep_gives_the_sequential_numbers(base, sequential, parallel)
     if len(os.sched_getaffinity(0)) >= 2:
         sets = [set(c.strip("[").split(", ")) for c in cores]
         assert sets[0].isdisjoint(sets[1]), cores
+    # And each log has its variants' timing lines, as `landscape probe` prints them.
+    for n, _, config in configurations(base, GRID):
+        log = log_path(sweep_dir, n).read_text()
+        for variant in config.variants:
+            assert f"{variant}: {config.steps} steps in " in log, log
 
 
 def test_a_failing_configuration_is_reported_and_the_others_finish(base, parallel, tmp_path):

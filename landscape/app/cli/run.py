@@ -187,14 +187,7 @@ def _run_and_report(
         return  # the other processes of a multi-host run compute; process 0 reports
     for r in reports:
         if r.steps_run:
-            rate = r.steps_run / r.wall_s if r.wall_s else float("nan")
-            share = 100 * r.probe_s / r.wall_s if r.wall_s else 0.0
-            console.print(
-                f"{r.variant}: {r.steps_run} steps in {r.wall_s:.1f} s ({rate:.2f} steps/s), "
-                f"probe {share:.0f}% of it ({r.probes_run} probed steps), "
-                f"checkpoints {r.checkpoint_s:.1f} s",
-                highlight=False,
-            )
+            console.print(r.timing_line(), highlight=False)
     if probe_enabled:
         print_summary(run_dir, load_saved_config(run_dir))
     if figures:
