@@ -1,20 +1,23 @@
 """The Python half of ``benchmarks/gpu_check.sh``: what is easier to say in Python than in bash.
 
     python benchmarks/gpu_check.py devices OUT/devices.json
-    python benchmarks/gpu_check.py timed NAME STEPS OUT/paper_runs.jsonl -- COMMAND...
-    python benchmarks/gpu_check.py extrapolate OUT --preset paper --short NAME --long NAME [--to F]
+    python benchmarks/gpu_check.py timed NAME STEPS OUT/paper_runs.jsonl [--logs GLOB] -- COMMAND...
+    python benchmarks/gpu_check.py extrapolate OUT --preset paper --short NAME --long NAME
+        [--to FILE] [--concurrent]
     python benchmarks/gpu_check.py summary OUT --mode gpu
 
 ``devices`` records what JAX sees; ``timed`` runs a ``landscape probe`` command, timing it and
-reading the per-variant timings it prints; ``extrapolate`` turns a short and a long run into
-the wall time of a preset's whole protocol; ``summary`` gathers every stage's results into
-``summary.json`` and exits non-zero when a stage failed or the GPU's records differ from the
-CPU's. Only ``devices`` imports JAX; nothing here imports torch.
+reading the per-variant timings it prints (or, for a parallel sweep, those its workers' logs
+hold); ``extrapolate`` turns a short and a long run into the wall time of a preset's whole
+protocol; ``summary`` gathers every stage's results into ``summary.json`` and exits non-zero
+when a stage failed or the GPU's records differ from the CPU's. Only ``devices`` imports JAX;
+nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib.util
 import json
 import os
@@ -117,9 +120,10 @@ def parse_variant_lines(text: str) -> dict[str, dict[str, float]]:
     return found
 
 
-def timed(name: str, steps: int, results: Path, command: list[str]) -> int:
+def timed(name: str, steps: int, results: Path, command: list[str], logs: str | None = None) -> int:
     """Runs ``command``, echoing its output, and appends ``{name, steps, seconds, rc,
-    variants}`` to ``results``; returns the command's exit status."""
+    variants}`` to ``results``; returns the command's exit status. The variants' lines are read
+    from the output and, after the command, from the files matching ``logs`` (a glob)."""
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -129,6 +133,8 @@ def timed(name: str, steps: int, results: Path, command: list[str]) -> int:
         sys.stdout.flush()
         lines.append(line)
     rc = proc.wait()
+    for path in sorted(glob.glob(logs)) if logs else []:
+        lines.append(Path(path).read_text(errors="replace"))
     row = {
         "name": name,
         "steps": steps,
@@ -144,10 +150,17 @@ def timed(name: str, steps: int, results: Path, command: list[str]) -> int:
 
 
 def extrapolate_protocol(
-    short: dict[str, Any], long: dict[str, Any], protocol_steps: int, variants: list[str]
+    short: dict[str, Any],
+    long: dict[str, Any],
+    protocol_steps: int,
+    variants: list[str],
+    *,
+    concurrent: bool = False,
 ) -> dict[str, Any]:
     """Returns the wall time of a protocol of ``protocol_steps`` steps for each of ``variants``,
     from a short and a long run of the same command (rows of ``timed``), in seconds.
+    ``concurrent``: the variants ran at the same time (a parallel sweep), so a step of the
+    protocol takes as long as the slowest variant's, not the sum of theirs.
 
     The long run's whole time (start-up, data, compilation, its steps, the final evaluation) plus
     the remaining steps at the marginal rate: per variant, (long wall - short wall) / (long
@@ -169,20 +182,24 @@ def extrapolate_protocol(
             per_variant = {}
             break
         per_variant[variant] = (b["wall_s"] - a["wall_s"]) / extra
+    # Without per-variant lines a step of the whole command is shared out among the variants
+    # that ran in turn; variants that ran at once each took all of it.
+    share = 1 if concurrent else len(variants)
     if not per_variant:
         source = "whole commands"
         whole = (long["seconds"] - short["seconds"]) / extra
-        per_variant = {v: whole / len(variants) for v in variants}
+        per_variant = {v: whole / share for v in variants}
     if min(per_variant.values()) <= 0:
         source = "the long run's average (an upper bound: the marginal rate was lost in noise)"
         average = long["seconds"] / long["steps"]
-        per_variant = {v: average / len(variants) for v in variants}
-    step_s = sum(per_variant.values())
+        per_variant = {v: average / share for v in variants}
+    step_s = max(per_variant.values()) if concurrent else sum(per_variant.values())
     remaining = protocol_steps - long["steps"]
     protocol_s = long["seconds"] + remaining * step_s
     return {
         "protocol_steps": protocol_steps,
         "variants": variants,
+        "concurrent": concurrent,
         "marginal_step_s": per_variant,
         "rate_from": source,
         "long_run_s": long["seconds"],
@@ -194,11 +211,16 @@ def extrapolate_protocol(
 
 
 def extrapolate(
-    out: Path, preset_name: str, short_name: str, long_name: str, to: str = "paper_protocol.json"
+    out: Path,
+    preset_name: str,
+    short_name: str,
+    long_name: str,
+    to: str = "paper_protocol.json",
+    concurrent: bool = False,
 ) -> int:
     """Writes ``out/<to>`` from the timed runs in ``out/paper_runs.jsonl``; returns 0, or 1 when
     the runs cannot give an estimate (said in one line). Runs whose variants ran at once (a
-    parallel sweep prints no per-variant line) are extrapolated from the whole commands."""
+    parallel sweep) are ``concurrent``."""
     config = preset(preset_name)
     runs = {r["name"]: r for r in _read_jsonl(out / "paper_runs.jsonl")}
     if short_name not in runs or long_name not in runs:
@@ -206,7 +228,11 @@ def extrapolate(
         return 1
     try:
         result = extrapolate_protocol(
-            runs[short_name], runs[long_name], config.steps, list(config.variants)
+            runs[short_name],
+            runs[long_name],
+            config.steps,
+            list(config.variants),
+            concurrent=concurrent,
         )
     except ValueError as err:
         print(f"extrapolate: {err}")
@@ -311,13 +337,23 @@ def summary(out: Path, mode: str, data_note: str) -> int:
         }
     failed = [n for n in REQUIRED_STAGES if stages.get(n, {}).get("status") != "ok"]
     report["failed_required_stages"] = failed
-    report["incomplete_stages"] = [n for n, s in stages.items() if s["status"] != "ok"]
+    # A stage that failed or ran out of its time fails the check; one the budget left no time
+    # to start did not run at all, which is said, not counted against the GPU path.
+    report["incomplete_stages"] = [
+        n for n, s in stages.items() if s["status"] not in ("ok", "skipped")
+    ]
+    report["skipped_stages"] = [n for n, s in stages.items() if s["status"] == "skipped"]
     report["ok"] = not failed and not report["incomplete_stages"] and bool(report["records_agree"])
     (out / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
 
     print(f"gpu_check ({mode}): {'OK' if report['ok'] else 'FAILED'}; data: {data_note}")
     for name, s in stages.items():
         print(f"  {name:<18} {s['status']:<8} {s['seconds']:6.1f} s")
+    if report["skipped_stages"]:
+        print(
+            f"  skipped, the time budget spent: {', '.join(report['skipped_stages'])} "
+            "(a larger $GPU_CHECK_BUDGET_S runs them)"
+        )
     if compare is not None:
         print(
             f"  records agree: {compare['ok']} (max abs diff {compare['max_abs_diff']:.3g}, "
@@ -329,10 +365,10 @@ def summary(out: Path, mode: str, data_note: str) -> int:
                 f"  at the first step the largest difference is {first:.2g} of the allowed one "
                 "(a defect shows from the first step; rounding drift grows along the run)"
             )
-    for key, how in (("paper_protocol", "one after the other"), ("paper_protocol_shared", "")):
+    for key in ("paper_protocol", "paper_protocol_shared"):
         protocol = report[key]
         if protocol:
-            how = how or "at once, sharing the device"
+            how = "at once" if protocol.get("concurrent") else "one after the other"
             print(
                 f"  {protocol['preset']} protocol: {protocol['protocol_min']:.1f} min "
                 f"({protocol['protocol_steps']} steps x {len(protocol['variants'])} variants, "
@@ -356,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name")
     p.add_argument("steps", type=int)
     p.add_argument("results", type=Path)
+    p.add_argument("--logs", help="a glob of log files that also hold variant lines")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p = sub.add_parser("extrapolate")
     p.add_argument("out", type=Path)
@@ -363,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short", required=True)
     p.add_argument("--long", required=True)
     p.add_argument("--to", default="paper_protocol.json", help="file name in OUT")
+    p.add_argument("--concurrent", action="store_true", help="the variants ran at once")
     p = sub.add_parser("summary")
     p.add_argument("out", type=Path)
     p.add_argument("--mode", default="gpu")
@@ -372,9 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         return devices(args.out)
     if args.what == "timed":
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
-        return timed(args.name, args.steps, args.results, command)
+        return timed(args.name, args.steps, args.results, command, args.logs)
     if args.what == "extrapolate":
-        return extrapolate(args.out, args.preset, args.short, args.long, args.to)
+        return extrapolate(args.out, args.preset, args.short, args.long, args.to, args.concurrent)
     return summary(args.out, args.mode, args.data_note)
 
 

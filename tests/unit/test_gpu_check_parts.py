@@ -10,6 +10,8 @@ from helpers import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 from gpu_check import extrapolate_protocol, parse_variant_lines, summary
 
+from landscape.runs import VariantReport
+
 PRINTED = """run directory: /tmp/run
 standard: 300 steps in 41.5 s (7.23 steps/s), probe 61% of it (300 probed steps), checkpoints 2.3 s
 batchnorm: 300 steps in 47.0 s (6.38 steps/s), probe 64% of it (300 probed steps), checkpoints 2.4 s
@@ -47,6 +49,21 @@ def _run(steps, seconds, walls, rc=0):
     }
 
 
+def test_the_timing_line_a_run_prints_is_the_one_read_back():
+    report = VariantReport(
+        "batchnorm", steps_run=300, probes_run=300, wall_s=47.04, probe_s=30.1, checkpoint_s=2.41
+    )
+    assert parse_variant_lines(report.timing_line()) == {
+        "batchnorm": {
+            "steps": 300,
+            "wall_s": 47.0,
+            "probe_share": 0.64,
+            "probed_steps": 300,
+            "checkpoint_s": 2.4,
+        }
+    }
+
+
 def test_the_protocol_is_the_long_run_plus_the_rest_at_the_marginal_rate():
     short = _run(30, 50.0, {"standard": 10.0, "batchnorm": 12.0})
     long = _run(300, 80.0, {"standard": 20.0, "batchnorm": 24.0})
@@ -73,6 +90,20 @@ def test_a_rate_lost_in_noise_falls_back_to_an_upper_bound():
     result = extrapolate_protocol(short, long, 60, ["standard", "batchnorm"])
     assert result["rate_from"].startswith("the long run's average")
     assert result["protocol_s"] == pytest.approx(22 + 54 * 22 / 6)
+
+
+def test_variants_run_at_once_take_the_slowest_ones_rate_not_the_sum():
+    short = _run(30, 50.0, {"standard": 10.0, "batchnorm": 12.0})
+    long = _run(300, 80.0, {"standard": 20.0, "batchnorm": 24.0})
+    result = extrapolate_protocol(short, long, 15_000, ["standard", "batchnorm"], concurrent=True)
+    assert result["concurrent"] and result["rate_from"] == "per-variant lines"
+    assert result["protocol_s"] == pytest.approx(80 + 14_700 * 12 / 270)
+    # Without the lines each variant took the whole command's step, not half of it.
+    whole = extrapolate_protocol(
+        _run(30, 50.0, {}), _run(300, 77.0, {}), 1_000, ["a", "b"], concurrent=True
+    )
+    assert whole["marginal_step_s"] == {"a": pytest.approx(0.1), "b": pytest.approx(0.1)}
+    assert whole["protocol_s"] == pytest.approx(77 + 700 * 0.1)
 
 
 def test_runs_that_cannot_give_a_rate_are_refused():
@@ -128,6 +159,12 @@ def test_summary_passes_only_when_every_stage_passed_and_the_records_agree(tmp_p
     _stages(tmp_path, devices="ok", smoke_compare="ok", bench="timeout")
     assert summary(tmp_path, "gpu", "synthetic") == 1
     assert json.loads((tmp_path / "summary.json").read_text())["incomplete_stages"] == ["bench"]
+    # A stage the budget left no time to start is said, and does not fail the check.
+    _stages(tmp_path, devices="ok", smoke_compare="ok", peers="skipped")
+    assert summary(tmp_path, "gpu", "synthetic") == 0
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["skipped_stages"] == ["peers"] and saved["incomplete_stages"] == []
+    assert "skipped, the time budget spent: peers" in capsys.readouterr().out
     _stages(tmp_path, devices="ok")  # the comparison never ran
     assert summary(tmp_path, "gpu", "synthetic") == 1
     saved = json.loads((tmp_path / "summary.json").read_text())
