@@ -1,7 +1,7 @@
 """The Python half of ``benchmarks/gpu_check.sh``: what is easier to say in Python than in bash.
 
     python benchmarks/gpu_check.py devices OUT/devices.json
-    python benchmarks/gpu_check.py timed NAME STEPS OUT/paper_runs.jsonl [--logs GLOB] -- COMMAND...
+    python benchmarks/gpu_check.py timed [--logs GLOB] NAME STEPS OUT/paper_runs.jsonl -- COMMAND...
     python benchmarks/gpu_check.py extrapolate OUT --preset paper --short NAME --long NAME
         [--to FILE] [--concurrent]
     python benchmarks/gpu_check.py summary OUT --mode gpu
@@ -392,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name")
     p.add_argument("steps", type=int)
     p.add_argument("results", type=Path)
+    # Before the positionals: everything after them is the command.
     p.add_argument("--logs", help="a glob of log files that also hold variant lines")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p = sub.add_parser("extrapolate")

@@ -81,10 +81,13 @@ RESERVE=15 # seconds kept for the summary
 START=$EPOCHREALTIME
 
 # The package from this tree whether or not the install below works; no persistent compilation
-# cache, so every run compiles as a user's first one does and nothing is written outside OUT_DIR;
-# wide lines, so the per-variant timings `landscape probe` prints stay on one line each.
+# cache, so every run compiles as a user's first one does and nothing is written outside OUT_DIR
+# (the dry run, which times nothing that counts, shares one inside OUT_DIR between its stages,
+# which compile the same programs); wide lines, so the per-variant timings `landscape probe`
+# prints stay on one line each.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export LANDSCAPE_JAX_CACHE=0 COLUMNS=200
+[ "$DRY" = 1 ] && export LANDSCAPE_JAX_CACHE="$OUT/jax-cache"
 export OUT PY DRY REPO
 cd "$REPO" || exit 2
 : > "$OUT/stages.jsonl"
@@ -242,8 +245,8 @@ shared_run() { # NAME STEPS
     rm -rf "$OUT/paper_$1"
     # One GPU for both workers, also on a machine with several (the point is the sharing); each
     # worker's log carries its variant's timing line, the marginal rate's source.
-    CUDA_VISIBLE_DEVICES=${gpu%%,*} "$PY" benchmarks/gpu_check.py timed "$1" "$2" \
-        "$OUT/paper_runs.jsonl" --logs "$OUT/paper_$1/logs/*.log" -- \
+    CUDA_VISIBLE_DEVICES=${gpu%%,*} "$PY" benchmarks/gpu_check.py timed \
+        --logs "$OUT/paper_$1/logs/*.log" "$1" "$2" "$OUT/paper_runs.jsonl" -- \
         "$PY" -m landscape sweep --preset "$preset" --data "$DATA" --steps "$2" --probe-every 1 \
         --grid variant=standard,batchnorm --parallel 2 --oversubscribe --no-progress \
         --out "$OUT/paper_$1"
