@@ -184,9 +184,9 @@ def checkpoint_overhead(trainer: Trainer, state, steps: int, config: RunConfig) 
     """Returns median step seconds without and with a checkpoint every step, per format.
 
     The formats (``npz``, ``orbax``), npz with the other way of copying to host, and the plain
-    step are timed in alternating rounds on the same trajectory. Returns ``step_s``, and per format ``step_with_checkpoint_s`` and
-    ``overhead_ratio`` (step with a save / plain step); the top-level ``overhead_ratio`` is the
-    configured format's.
+    step are timed in alternating rounds on the same trajectory. Returns ``step_s``, and per
+    format ``step_with_checkpoint_s`` and ``overhead_ratio`` (step with a save / plain step);
+    the top-level ``overhead_ratio`` is the configured format's.
     """
     # npz as it runs here, npz with the other way of copying the state to host (gathered on the
     # device first, or leaf by leaf: docs/performance.md#on-a-gpu), and orbax.
