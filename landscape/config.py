@@ -110,13 +110,13 @@ def is_mlp(arch: str) -> bool:
 
 # He et al. 2016's CIFAR ResNets (Sec. 4.2): 6n + 2 layers. "_noshort" removes every shortcut,
 # Li et al. 2018's networks without skip connections (their Sec. 5).
-RESNET_DEPTHS = (20, 32, 44, 56, 110)
+RESNET_DEPTHS = (8, 20, 32, 44, 56, 110)
 RESNET_ARCHS = tuple(f"resnet{d}{s}" for d in RESNET_DEPTHS for s in ("", "_noshort"))
 
 
 def is_resnet(arch: str) -> bool:
-    """Returns True for a CIFAR ResNet's name: ``resnet20`` ... ``resnet110``, each also with
-    ``_noshort`` (no skip connections)."""
+    """Returns True for a CIFAR ResNet's name: ``resnet8``, ``resnet20`` ... ``resnet110``, each
+    also with ``_noshort`` (no skip connections)."""
     return arch in RESNET_ARCHS
 
 

@@ -249,6 +249,17 @@ def test_resnets_have_he_et_al_s_parameters(depth):
     )  # the shortcuts add no parameters (option A)
 
 
+@pytest.mark.parametrize(("arch", "depth"), [("resnet8", 8), ("resnet20_noshort", 20)])
+def test_a_cifar_resnet_has_6n_plus_2_weight_layers(arch, depth):
+    from landscape.models import create_model
+
+    x = jnp.zeros((1, 32, 32, 3))
+    params = create_model(arch, width=0.25).init(jax.random.key(0), x, train=False)["params"]
+    convs = [n for n in params if n.startswith("Conv3x3")]
+    dense = [n for n in params if n.startswith("Dense")]
+    assert len(convs) + len(dense) == depth and len(dense) == 1
+
+
 def test_option_a_shortcuts_carry_the_input_past_silent_blocks():
     """With every block's convolutions zero, a block outputs ReLU(its shortcut): the stem's
     features reach the classifier through the zero-padded, subsampled shortcuts, and without

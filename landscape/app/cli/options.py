@@ -77,7 +77,7 @@ ArchOpt = Annotated[
     str | None,
     typer.Option(
         "--arch",
-        help="Model: vgg11 (default), vgg13, vgg16, vgg19; resnet20, resnet32, resnet44, resnet56, resnet110: He et al.'s CIFAR ResNets (resnet56_noshort and so on: without skip connections, as in Li et al. 2018); vit: a small Vision Transformer (4 blocks, vitN for N; variants standard, layernorm, rmsnorm; --placement before/after: pre- or post-LN); mlp: Ioffe & Szegedy's 784-100-100-100-10 sigmoid network (mlp_relu, mlp_tanh: other nonlinearities); or dln: the paper's deep linear network (25 bias-free 10x10 linear layers, squared-error loss, needs --data dln; dlnN for N layers). Default: the preset's.",
+        help="Model: vgg11 (default), vgg13, vgg16, vgg19; resnet20, resnet32, resnet44, resnet56, resnet110: He et al.'s CIFAR ResNets (resnet8: the smallest, one block a stage) (resnet56_noshort and so on: without skip connections, as in Li et al. 2018); vit: a small Vision Transformer (4 blocks, vitN for N; variants standard, layernorm, rmsnorm; --placement before/after: pre- or post-LN); mlp: Ioffe & Szegedy's 784-100-100-100-10 sigmoid network (mlp_relu, mlp_tanh: other nonlinearities); or dln: the paper's deep linear network (25 bias-free 10x10 linear layers, squared-error loss, needs --data dln; dlnN for N layers). Default: the preset's.",
     ),
 ]
 
