@@ -19,25 +19,34 @@ Landscape probe: medians over probed steps (early = steps < 3)
 """
 
 
+READ = {
+    "standard": {
+        "steps": 300,
+        "wall_s": 41.5,
+        "probe_share": 0.61,
+        "probed_steps": 300,
+        "checkpoint_s": 2.3,
+    },
+    "batchnorm": {
+        "steps": 300,
+        "wall_s": 47.0,
+        "probe_share": 0.64,
+        "probed_steps": 300,
+        "checkpoint_s": 2.4,
+    },
+}
+
+
 def test_the_printed_per_variant_timings_are_read():
-    found = parse_variant_lines(PRINTED)
-    assert found == {
-        "standard": {
-            "steps": 300,
-            "wall_s": 41.5,
-            "probe_share": 0.61,
-            "probed_steps": 300,
-            "checkpoint_s": 2.3,
-        },
-        "batchnorm": {
-            "steps": 300,
-            "wall_s": 47.0,
-            "probe_share": 0.64,
-            "probed_steps": 300,
-            "checkpoint_s": 2.4,
-        },
-    }
+    assert parse_variant_lines(PRINTED) == READ
     assert parse_variant_lines("nothing here\n") == {}
+
+
+def test_the_timing_line_a_run_prints_is_the_one_read_back():
+    report = VariantReport(
+        "batchnorm", steps_run=300, probes_run=300, wall_s=47.04, probe_s=30.1, checkpoint_s=2.41
+    )
+    assert parse_variant_lines(report.timing_line()) == {"batchnorm": READ["batchnorm"]}
 
 
 def _run(steps, seconds, walls, rc=0):
@@ -46,21 +55,6 @@ def _run(steps, seconds, walls, rc=0):
         "seconds": seconds,
         "rc": rc,
         "variants": {v: {"steps": steps, "wall_s": w} for v, w in walls.items()},
-    }
-
-
-def test_the_timing_line_a_run_prints_is_the_one_read_back():
-    report = VariantReport(
-        "batchnorm", steps_run=300, probes_run=300, wall_s=47.04, probe_s=30.1, checkpoint_s=2.41
-    )
-    assert parse_variant_lines(report.timing_line()) == {
-        "batchnorm": {
-            "steps": 300,
-            "wall_s": 47.0,
-            "probe_share": 0.64,
-            "probed_steps": 300,
-            "checkpoint_s": 2.4,
-        }
     }
 
 
