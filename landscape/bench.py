@@ -191,14 +191,14 @@ def checkpoint_overhead(trainer: Trainer, state, steps: int, config: RunConfig) 
     # npz as it runs here, npz with the other way of copying the state to host (gathered on the
     # device first, or leaf by leaf: docs/performance.md#on-a-gpu), and orbax.
     gathers = gathers_by_default(state)
-    other = "npz (leaf by leaf)" if gathers else "npz (gathered on the device)"
+    other = "npz, leaf by leaf" if gathers else "npz, gathered on the device"
     formats = ("npz", other, "orbax")
     times: dict[str, list[float]] = {"without": [], **{f: [] for f in formats}}
     with tempfile.TemporaryDirectory() as tmp:
         checkpointers = {
             f: Checkpointer(
                 Path(tmp) / str(i),
-                dataclasses.replace(config.checkpoint, format=f.split()[0]),
+                dataclasses.replace(config.checkpoint, format=f.split(",")[0]),
                 gather=not gathers if f == other else None,
             )
             for i, f in enumerate(formats)

@@ -24,7 +24,7 @@ def test_run_bench_reports_every_quantity(tmp_path, tiny_config, tiny_dataset):
     path = write_results(result, tmp_path)
     assert json.loads(path.read_text().splitlines()[-1])["results"]["fastest_strategy"] == "map"
     # On a CPU the state is copied leaf by leaf; the accelerator's way is timed beside it.
-    assert set(r["checkpoint"]["formats"]) == {"npz", "npz (gathered on the device)", "orbax"}
+    assert set(r["checkpoint"]["formats"]) == {"npz", "npz, gathered on the device", "orbax"}
     assert any("checkpoint every step (npz)" in name for name, _ in result_rows(result))
 
 
