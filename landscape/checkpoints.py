@@ -11,10 +11,10 @@ starting one host copy per leaf (a state has dozens) costs the training thread m
 step's own dispatch, so for a state on one accelerator ``save`` first gathers the leaves into
 one buffer per dtype on the device (one compiled call, exact: a concatenation) and copies
 those; the writer cuts the host buffers back into the leaves (docs/performance.md#on-a-gpu).
-Each checkpoint is written into a temporary directory and renamed into place only when complete, so a run killed
-mid-write never leaves a half-written checkpoint that is read as good. A checkpoint damaged
-afterwards (a truncated file, flipped bits) is caught on load: ``state.npz`` is a zip archive
-whose members each carry a CRC-32 that reading checks, and ``restore`` raises
+Each checkpoint is written into a temporary directory and renamed into place only when
+complete, so a run killed mid-write never leaves a half-written checkpoint that is read as good.
+A checkpoint damaged afterwards (a truncated file, flipped bits) is caught on load: ``state.npz``
+is a zip archive whose members each carry a CRC-32 that reading checks, and ``restore`` raises
 ``DamagedCheckpointError`` for it, so callers can fall back to an intact one (docs/layout.md).
 
 Orbax's ``CheckpointManager`` (``format="orbax"``) is kept for interoperability; its per-save
