@@ -81,7 +81,9 @@ class VariantReport:
     steps_run: int = 0
     probes_run: int = 0
     wall_s: float = 0.0
-    probe_s: float = 0.0  # with --fuse: the whole fused train+probe steps
+    # Estimated from a sample of timed probed steps (_ProbeTiming); with --fuse, of the whole
+    # fused train+probe steps.
+    probe_s: float = 0.0
     checkpoint_s: float = 0.0
     compile_s: float = 0.0
     reused_from: str | None = None  # the run directory this variant was copied from (--reuse)
@@ -100,6 +102,40 @@ class VariantReport:
 
 
 # --- the loop and its hooks -------------------------------------------------------------------
+
+
+class _ProbeTiming:
+    """The probe's time in a run, estimated from a sample of the probed steps.
+
+    Timing a probe means waiting for the device before and after it, and a wait on every step
+    would leave the device idle while the host does the step's bookkeeping. So only the first
+    probed steps of a call (the very first includes compilation) and then one in ``every`` are
+    timed; the others are counted at the mean of the timed ones after the first.
+    """
+
+    def __init__(self, first: int = 3, every: int = 25):
+        self.first, self.every = first, every
+        self.first_s: float | None = None
+        self.sampled_s, self.sampled = 0.0, 0
+
+    def samples(self, index: int) -> bool:
+        """Returns whether the probed step with this index (0, 1, ... in this call) is timed."""
+        return index < self.first or index % self.every == 0
+
+    def add(self, index: int, seconds: float | None) -> None:
+        if seconds is None:
+            return
+        if index == 0:
+            self.first_s = seconds
+        else:
+            self.sampled_s, self.sampled = self.sampled_s + seconds, self.sampled + 1
+
+    def estimate(self, probes: int) -> float:
+        """Returns the estimated seconds of ``probes`` probed steps, compilation included."""
+        if self.first_s is None:
+            return 0.0
+        mean = self.sampled_s / self.sampled if self.sampled else 0.0
+        return self.first_s + mean * max(probes - 1, 0)
 
 
 class Recorder:
@@ -456,11 +492,13 @@ def train_variant(
     """Trains one variant to ``config.steps``, checkpointing, probing and recording as it goes.
 
     Returns the timings of the work done in this call. ``on_step(step, last_metrics)`` is
-    called after every step (for progress bars). When the training loss becomes non-finite,
-    training stops at the next flush of the records (every ``log_every`` steps and before each
-    checkpoint, so no check costs a sync of its own) and ``<variant>/diverged.json`` says
-    where; ``keep_going`` trains on to the end and records the divergence all the same. A
-    resumed variant that diverged stays stopped unless ``keep_going``.
+    called after every step (for progress bars) with the newest metrics fetched, which lag the
+    step by up to ``log_every`` steps. When the training loss becomes non-finite, training stops
+    at the next flush of the records (every ``log_every`` steps and before each checkpoint, one
+    step after the rows it fetches, so no check costs a sync of its own) and
+    ``<variant>/diverged.json`` says where; ``keep_going`` trains on to the end and records the
+    divergence all the same. A resumed variant that diverged stays stopped unless
+    ``keep_going``.
     """
     cfg = trainer.config
     report = VariantReport(trainer.variant)
@@ -499,42 +537,55 @@ def train_variant(
     recorder = Recorder(
         variant_dir, write=primary, learning_rate=cfg.optimizer.learning_rate, on_rows=on_rows
     )
+    timing = _ProbeTiming()
     t_begin = time.perf_counter()
     try:
         for step in range(start, cfg.steps):
-            if ckpt_every and step % ckpt_every == 0 and not (restored and step == start):
-                recorder.flush()
-                if recorder.diverged is not None and not keep_going:
-                    break  # before a state that is no longer finite is saved
-                t0 = time.perf_counter()
-                checkpointer.save(step, state)
-                report.checkpoint_s += time.perf_counter() - t0
+            # This step's work is queued on the device first; the host's work for the steps
+            # before it (fetching their rows, starting the checkpoint's copy) then runs while
+            # the device computes. No step waits for its own results, except the first (to
+            # time compilation) and the probed steps sampled to time the probe.
             batch = trainer.train_source(step)
             probe_now = probing and step % probe_every == 0
             fused = probe_now and trainer.train_probe_step is not None
-            t_fused = time.perf_counter()
+            timed = probe_now and timing.samples(report.probes_run)
             if fused:
+                if timed:
+                    jax.block_until_ready(state)
+                t0 = time.perf_counter()
                 new_state, out, result = trainer.train_probe_step(state, batch, trainer.etas)
             else:
                 new_state, out = trainer.train_step(state, batch)
-            recorder.add_metrics({"step": step, "loss": out.loss, "accuracy": out.accuracy})
             if step == start:  # the first call compiles; time it once
-                t0 = time.perf_counter()
+                t1 = time.perf_counter()
                 jax.block_until_ready(out.loss)
-                report.compile_s += time.perf_counter() - t0
-            if fused:
-                # One program: its whole time counts as probing (see VariantReport.probe_s).
-                jax.block_until_ready(result)
-                report.probe_s += time.perf_counter() - t_fused
-            elif probe_now:
-                # The only syncs outside flushes: they split a probed step's time between
-                # training and probing, for the report of the probe's share.
-                jax.block_until_ready(out.loss)
-                t0 = time.perf_counter()
+                report.compile_s += time.perf_counter() - t1
+            if probe_now and not fused:
+                if timed:
+                    jax.block_until_ready(out.loss)
+                    t0 = time.perf_counter()
                 result = trainer.probe_step(state, batch, out.grads, out.loss, trainer.etas)
+            probe_time = None
+            if timed:
+                # With --fuse, the whole fused step counts as probing (VariantReport.probe_s).
                 jax.block_until_ready(result)
-                report.probe_s += time.perf_counter() - t0
+                probe_time = time.perf_counter() - t0
+            if (ckpt_every and step % ckpt_every == 0 and not (restored and step == start)) or (
+                step > start and step % max(cfg.log_every, 1) == 0
+            ):
+                # The rows of the steps before this one: flushed before the checkpoint of this
+                # step's starting state, so the records on disk always reach at least the newest
+                # checkpoint and a resumed run never misses or repeats a row.
+                recorder.flush()
+                if recorder.diverged is not None and not keep_going:
+                    break  # before a state that is no longer finite is saved
+                if ckpt_every and step % ckpt_every == 0 and not (restored and step == start):
+                    t1 = time.perf_counter()
+                    checkpointer.save(step, state)
+                    report.checkpoint_s += time.perf_counter() - t1
+            recorder.add_metrics({"step": step, "loss": out.loss, "accuracy": out.accuracy})
             if probe_now:
+                timing.add(report.probes_run, probe_time)
                 report.probes_run += 1
                 recorder.add_probe(_probe_row(step, trainer.etas, result))
             state = new_state
@@ -545,12 +596,8 @@ def train_variant(
                 limit = None if done == cfg.steps else cfg.eval_batches
                 metrics = evaluate(trainer.eval_step, state, trainer.test_source, limit)
                 recorder.add_metrics({"step": done, **metrics})
-            if done % max(cfg.log_every, 1) == 0:
-                recorder.flush()
             if on_step is not None:
                 on_step(done, recorder.last)
-            if recorder.diverged is not None and not keep_going:
-                break
         recorder.flush()
         stopped = recorder.diverged is not None and not keep_going
         if recorder.diverged is not None:
@@ -562,6 +609,7 @@ def train_variant(
             checkpointer.save(cfg.steps, state, force=True)
             report.checkpoint_s += time.perf_counter() - t0
     finally:
+        report.probe_s = timing.estimate(report.probes_run)
         recorder.close()
         if checkpointer is not None:
             t0 = time.perf_counter()

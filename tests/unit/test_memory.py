@@ -31,19 +31,19 @@ def test_whole_run_slope_leaves_out_the_final_evaluation(monkeypatch, tiny_confi
 
 
 def test_run_loop_keeps_no_device_arrays_per_step(tmp_path, tiny_config, tiny_dataset):
-    # Recorder rows, probe results and step outputs live on the device until a flush: after
-    # each flush (every log_every steps) the number of live arrays must be the same, or the
-    # loop holds on to something per step. Checkpoints are off: their writer thread holds
+    # Recorder rows, probe results and step outputs live on the device until a flush: one step
+    # after each flush (step n flushes the rows before it, every log_every steps) the number of
+    # live arrays must be the same, or the loop holds on to something per step. Checkpoints are off: their writer thread holds
     # states for a while, which would make the count depend on its timing.
     config = with_(tiny_config, steps=12, eval_every=0, log_every=3, checkpoint={"every": 0})
     trainer = Trainer(config, "batchnorm", tiny_dataset)
     counts = {}
 
     def on_step(step: int, last: dict) -> None:
-        if step % config.log_every == 0 and step < config.steps:  # the last adds the final eval
+        if step % config.log_every == 1 and 1 < step < config.steps:  # the last: final eval
             counts[step] = len(jax.live_arrays())
 
     report = train_variant(trainer, tmp_path / "batchnorm", probe_enabled=True, on_step=on_step)
     assert report.probes_run == 12
-    assert list(counts) == [3, 6, 9]
-    assert counts[3] == counts[6] == counts[9], counts
+    assert list(counts) == [4, 7, 10]
+    assert counts[4] == counts[7] == counts[10], counts

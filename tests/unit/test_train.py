@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from helpers import assert_trees_equal, params_of, with_
 
+import landscape.runs as runs
 from landscape.checkpoints import Checkpointer, DamagedCheckpointWarning
 from landscape.config import CheckpointConfig
 from landscape.results import divergence_line, load, load_divergence, load_metrics, read_rows
 from landscape.rundir import RunError
-from landscape.runs import Trainer, reprobe, run
+from landscape.runs import Trainer, reprobe, run, train_variant
 
 
 def test_loss_decreases_on_synthetic_data(tmp_path, tiny_config, tiny_dataset):
@@ -289,7 +290,10 @@ def test_divergence_stops_the_variant_with_a_record_and_keep_going_trains_on(
     assert record["last_finite_step"] == record["step"] - 1
     assert said == [divergence_line("standard", record)]
     assert f"standard diverged at step {record['step']}: training loss nan" in said[0]
-    assert 8 not in Checkpointer(tmp_path / "stop" / "standard" / "checkpoints").steps()
+    # No state past the non-finite loss's step is saved: its update made it non-finite.
+    assert (
+        max(Checkpointer(tmp_path / "stop" / "standard" / "checkpoints").steps()) <= record["step"]
+    )
     # Resumed, it stays stopped; with keep_going it trains on to the end.
     (again,) = run(cfg, tmp_path / "stop", resume=True, progress=False, dataset=tiny_dataset)
     assert again.steps_run == 0 and again.diverged == record
@@ -313,3 +317,58 @@ def test_a_vision_transformer_trains_and_probes(tmp_path, tiny_config, tiny_data
     (report,) = run(cfg, tmp_path / "r", progress=False, dataset=tiny_dataset)
     rows = read_rows(tmp_path / "r" / "layernorm" / "probe.jsonl")
     assert report.steps_run == 3 and all(np.isfinite(r["beta"]) for r in rows)
+
+
+def test_the_loop_queues_each_step_before_the_host_work_for_the_steps_before_it(
+    monkeypatch, tmp_path, tiny_config, tiny_dataset
+):
+    # The device computes step n while the host fetches the rows of the steps before it and
+    # starts the checkpoint of step n's starting state; the host waits only to time compilation
+    # and the sampled probes, not on every probed step.
+    cfg = with_(tiny_config, steps=12, eval_every=0, log_every=4)
+    trainer = Trainer(cfg, "batchnorm", tiny_dataset)
+    events = []
+    train_step, save, flush = trainer.train_step, runs.Checkpointer.save, runs.Recorder.flush
+    waits = []
+    real_wait = runs.jax.block_until_ready
+
+    def logged_train_step(state, batch):
+        events.append(("step", int(state.step)))
+        return train_step(state, batch)
+
+    def logged_save(self, step, state, **kwargs):
+        events.append(("save", step))
+        return save(self, step, state, **kwargs)
+
+    def logged_flush(self):
+        if self._metrics:
+            events.append(("flush", self._metrics[-1]["step"]))  # the newest row it writes
+        return flush(self)
+
+    def counted_wait(x):
+        waits.append(1)
+        return real_wait(x)
+
+    trainer.train_step = logged_train_step
+    monkeypatch.setattr(runs.Checkpointer, "save", logged_save)
+    monkeypatch.setattr(runs.Recorder, "flush", logged_flush)
+    monkeypatch.setattr(runs.jax, "block_until_ready", counted_wait)
+    report = train_variant(trainer, tmp_path / "batchnorm")
+    assert report.steps_run == report.probes_run == 12
+    for n in range(1, 12):
+        i = events.index(("save", n))
+        assert events[i - 2 : i] == [("step", n), ("flush", n - 1)]
+    # One wait for compilation, two for each of the 3 sampled probes (before and after it).
+    assert len(waits) == 1 + 2 * 3
+    assert 0 < report.probe_s < report.wall_s
+
+
+def test_probe_timing_counts_the_unsampled_steps_at_the_sampled_mean():
+    timing = runs._ProbeTiming(first=3, every=25)
+    assert [i for i in range(60) if timing.samples(i)] == [0, 1, 2, 25, 50]
+    assert timing.estimate(0) == 0.0
+    timing.add(0, 5.0)  # the first includes compilation
+    assert timing.estimate(1) == 5.0
+    for index, seconds in ((1, 1.0), (2, 2.0), (3, None), (25, 3.0)):
+        timing.add(index, seconds)
+    assert timing.estimate(60) == pytest.approx(5.0 + 2.0 * 59)
