@@ -40,12 +40,17 @@ QUANTITIES = (
 
 
 def _commit(checkout: Path) -> str:
-    out = subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip() or "unknown"
+    """Returns the checkout's short commit, with "+changes" when its package or benchmarks
+    differ from that commit (the figures were then measured on code no commit holds)."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True)
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--", "landscape", "benchmarks/*.py"):
+        commit += "+changes"
+    return commit
 
 
 def _bench(checkout: Path, out: Path, options: list[str]) -> dict:

@@ -273,7 +273,7 @@ def whole_run(config: RunConfig, variant: str, dataset: Dataset, steps: int) -> 
             probe_enabled=True,
             on_step=lambda *_: rss.append(_rss_mib()),
         )
-    loop_s = report.wall_s - report.compile_s
+    loop_s = report.wall_s  # the warm-up run compiled every program this run calls
     # The last step's sample is taken after the run's final evaluation, which covers the whole
     # test set in chunks of 1,000 images: its buffers are a one-off, not growth per step. Left
     # in, that single jump at the end of n samples reads as a least-squares slope of about

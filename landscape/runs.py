@@ -85,7 +85,7 @@ class VariantReport:
     # fused train+probe steps.
     probe_s: float = 0.0
     checkpoint_s: float = 0.0
-    compile_s: float = 0.0
+    compile_s: float = 0.0  # the first step's training call, compilation included
     reused_from: str | None = None  # the run directory this variant was copied from (--reuse)
     diverged: dict[str, Any] | None = None  # results.load_divergence's record, if it diverged
 
@@ -549,17 +549,17 @@ def train_variant(
             probe_now = probing and step % probe_every == 0
             fused = probe_now and trainer.train_probe_step is not None
             timed = probe_now and timing.samples(report.probes_run)
+            if fused and timed:
+                jax.block_until_ready(state)
+            t0 = time.perf_counter()
             if fused:
-                if timed:
-                    jax.block_until_ready(state)
-                t0 = time.perf_counter()
                 new_state, out, result = trainer.train_probe_step(state, batch, trainer.etas)
             else:
                 new_state, out = trainer.train_step(state, batch)
-            if step == start:  # the first call compiles; time it once
-                t1 = time.perf_counter()
+            if step == start:
+                # The first call compiles, inside the call itself: timed from before it.
                 jax.block_until_ready(out.loss)
-                report.compile_s += time.perf_counter() - t1
+                report.compile_s += time.perf_counter() - t0
             if probe_now and not fused:
                 if timed:
                     jax.block_until_ready(out.loss)

@@ -327,14 +327,17 @@ def test_the_loop_queues_each_step_before_the_host_work_for_the_steps_before_it(
     # and the sampled probes, not on every probed step.
     cfg = with_(tiny_config, steps=12, eval_every=0, log_every=4)
     trainer = Trainer(cfg, "batchnorm", tiny_dataset)
-    events = []
-    train_step, save, flush = trainer.train_step, runs.Checkpointer.save, runs.Recorder.flush
-    waits = []
-    real_wait = runs.jax.block_until_ready
+    events, waits = [], []
+    train_step, probe_step = trainer.train_step, trainer.probe_step
+    save, flush, real_wait = runs.Checkpointer.save, runs.Recorder.flush, runs.jax.block_until_ready
 
     def logged_train_step(state, batch):
-        events.append(("step", int(state.step)))
+        events.append(("step", sum(e[0] == "step" for e in events)))  # no sync to read it
         return train_step(state, batch)
+
+    def logged_probe_step(*args):
+        events.append(("probe", events[-1][1]))
+        return probe_step(*args)
 
     def logged_save(self, step, state, **kwargs):
         events.append(("save", step))
@@ -349,18 +352,19 @@ def test_the_loop_queues_each_step_before_the_host_work_for_the_steps_before_it(
         waits.append(1)
         return real_wait(x)
 
-    trainer.train_step = logged_train_step
+    trainer.train_step, trainer.probe_step = logged_train_step, logged_probe_step
     monkeypatch.setattr(runs.Checkpointer, "save", logged_save)
     monkeypatch.setattr(runs.Recorder, "flush", logged_flush)
     monkeypatch.setattr(runs.jax, "block_until_ready", counted_wait)
     report = train_variant(trainer, tmp_path / "batchnorm")
     assert report.steps_run == report.probes_run == 12
+    assert events[:2] == [("step", 0), ("probe", 0)]
     for n in range(1, 12):
         i = events.index(("save", n))
-        assert events[i - 2 : i] == [("step", n), ("flush", n - 1)]
+        assert events[i - 3 : i] == [("step", n), ("probe", n), ("flush", n - 1)]
     # One wait for compilation, two for each of the 3 sampled probes (before and after it).
     assert len(waits) == 1 + 2 * 3
-    assert 0 < report.probe_s < report.wall_s
+    assert report.compile_s <= report.wall_s and report.probe_s < report.wall_s
 
 
 def test_probe_timing_counts_the_unsampled_steps_at_the_sampled_mean():
