@@ -88,6 +88,23 @@ def test_smoke_probe_end_to_end(tmp_path):
     # Resuming a finished run does no work and keeps the records.
     resumed = invoke("probe", "--resume", run_dir, "--no-progress", "--no-figures")
     assert resumed.exit_code == 0, resumed.output
+    # The command repeated with --resume (what an experiment does) is accepted; an option that
+    # would change the saved run is refused in one line, and the run is left as it was.
+    records = (run_dir / "batchnorm" / "metrics.jsonl").read_bytes()
+    repeated = invoke(*args, "--resume", run_dir, "--no-figures")
+    assert repeated.exit_code == 0, repeated.output
+    for change, message in [
+        (("--lr", "0.5"), "--lr 0.5: " + str(run_dir) + " was started with 0.1; --resume keeps"),
+        (("--preset", "paper"), "--preset paper: "),
+        (("--probe-every", "2"), "--probe-every 2: "),
+        (("--steps", "3"), "--steps 3: " + str(run_dir) + " was started for 4 steps"),
+        (("--model", "mynets:mlp"), "--model: "),
+    ]:
+        refused = invoke("probe", "--resume", run_dir, *change, "--no-progress")
+        assert refused.exit_code == 2, refused.output
+        assert message in " ".join(refused.output.split()), refused.output
+        assert "Traceback" not in refused.output
+    assert (run_dir / "batchnorm" / "metrics.jsonl").read_bytes() == records
     for command in ("summary", "plot", "report"):
         result = invoke(command, run_dir)
         assert result.exit_code == 0, result.output

@@ -56,4 +56,4 @@ def test_train_writes_the_constants_to_config_json_and_resume_keeps_them(tmp_pat
     assert model["noise_mu"] == 0.25 and model["noise_r_sigma"] == 0.2
     assert model["noise_sigma"] == 1.25 and model["noise_r_mu"] == 0.1  # the paper's
     # --resume continues with the saved constants.
-    assert resumed_config(run_dir, steps=2, data=None).model.noise_mu == 0.25
+    assert resumed_config(run_dir, {"steps": 2}).model.noise_mu == 0.25

@@ -234,7 +234,8 @@ def parse_log(text: str | None, run_dir: Path) -> Path | None:
         raise CliError(f"unknown --log {text!r}; use tensorboard or tensorboard:DIR")
     if importlib.util.find_spec("tensorboardX") is None:
         raise CliError(
-            '--log tensorboard needs the tensorboard extra: pip install "landscape[tensorboard]"'
+            '--log tensorboard needs the tensorboard extra: pip install -e ".[tensorboard]" in your '
+            "landscape checkout"
         )
     return Path(where) if where else run_dir / "tensorboard"
 

@@ -279,7 +279,7 @@ LogOpt = Annotated[
     str | None,
     typer.Option(
         "--log",
-        help='Also write the records as TensorBoard event files while they are produced: tensorboard (into RUN_DIR/tensorboard) or tensorboard:DIR. View them with: tensorboard --logdir RUN_DIR/tensorboard. Needs the tensorboard extra: pip install "landscape[tensorboard]".',
+        help='Also write the records as TensorBoard event files while they are produced: tensorboard (into RUN_DIR/tensorboard) or tensorboard:DIR. View them with: tensorboard --logdir RUN_DIR/tensorboard. Needs the tensorboard extra: pip install -e ".[tensorboard]" in your landscape checkout.',
     ),
 ]
 

@@ -68,11 +68,15 @@ from landscape.config import (
     ConfigError,
     RunConfig,
     apply_model_options,
+    get_setting,
     override,
     parse_etas,
     preset,
 )
 from landscape.config import validate as check_config
+
+# --preset's default: given with --resume it cannot be told from an option left off.
+DEFAULT_PRESET = "quick"
 
 
 def build_config(
@@ -143,7 +147,7 @@ def _run_command(
         _run_and_report(
             config, run_dir, resume=resume is not None, overwrite=overwrite,
             probe_enabled=probe_enabled, progress=progress, figures=figures, devices=devices,
-            reuse=reuse, keep_going=keep_going, writer=writer,
+            reuse=reuse, keep_going=keep_going, writer=writer, log=log,
         )  # fmt: skip
     finally:
         if writer is not None:
@@ -154,7 +158,7 @@ def _run_command(
 def _run_and_report(
     config: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, probe_enabled: bool,
     progress: bool, figures: bool, devices: int | str, reuse: list[Path] | None,
-    keep_going: bool, writer: Any,
+    keep_going: bool, writer: Any, log: str | None = None,
 ) -> None:  # fmt: skip
     from landscape.data import DataError
     from landscape.mesh import is_primary
@@ -178,9 +182,10 @@ def _run_and_report(
     except (DataError, RunError) as err:
         fail(str(err))
     except KeyboardInterrupt:
+        # --log is not a setting of the run: the command that continues it must repeat it.
+        again = f"--resume {run_dir}" + (f" --log {log}" if log else "")
         fail(
-            f"interrupted; everything up to the last checkpoint is kept. "
-            f"Continue with: --resume {run_dir}",
+            f"interrupted; everything up to the last checkpoint is kept. Continue with: {again}",
             code=130,
         )
     if not is_primary():
@@ -196,10 +201,44 @@ def _run_and_report(
             writer.figures(sorted((run_dir / "figures").glob("*.png")))
 
 
-def resumed_config(run_dir: Path, steps: int | None, data: str | None) -> RunConfig:
-    """Returns the saved config of a run to resume; only --steps and --data may change."""
+def resumed_config(run_dir: Path, options: dict[str, Any]) -> RunConfig:
+    """Returns the saved config of a run to resume, with ``--steps`` and ``--data`` applied.
+
+    ``options`` are the command's configuration options (``build_config``'s). Any other option
+    given must agree with the saved run: a resumed run keeps its settings, so one that would
+    change them is refused with one line (an experiment resumes a step by repeating its command
+    with ``--resume``, so repeating a setting is fine).
+    """
     config = load_saved_config(run_dir)
+    options = dict(options)
+    steps, data = options.pop("steps", None), options.pop("data", None)
     check_positive("--steps", steps)
+    keeps = "--resume keeps a run's settings; only --steps (to extend it) and --data may change"
+    if steps is not None and steps < config.steps:
+        raise CliError(
+            f"--steps {steps}: {run_dir} was started for {config.steps} steps and {keeps}"
+        )
+    preset_name = options.pop("preset_name", None)
+    if preset_name not in (None, DEFAULT_PRESET, config.preset):
+        raise CliError(
+            f"--preset {preset_name}: {run_dir} was started from {config.preset}; {keeps}"
+        )
+    model, model_arg = options.pop("model", None), options.pop("model_arg", None)
+    given = {
+        key: value for key, value in options.items() if value is not None and value is not False
+    }
+    try:
+        if model or model_arg:
+            variants = given.pop("variants", None)
+            if apply_model_options(config, model or (), model_arg or (), variants) != config:
+                raise CliError(f"--model: {run_dir} was started with another network; {keeps}")
+        for key, value in given.items():
+            saved = get_setting(config, key)
+            if get_setting(override(config, {key: value}), key) != saved:
+                flag = "--" + key.replace("_", "-")
+                raise CliError(f"{flag} {value}: {run_dir} was started with {saved}; {keeps}")
+    except ConfigError as err:
+        raise CliError(err.as_option()) from None
     if steps is not None:
         config = config.replace(steps=steps)
     if data is not None:
@@ -208,7 +247,7 @@ def resumed_config(run_dir: Path, steps: int | None, data: str | None) -> RunCon
 
 
 def _shared_run_options(
-    preset_name: PresetOpt = "quick",
+    preset_name: PresetOpt = DEFAULT_PRESET,
     data: DataOpt = None,
     out: OutOpt = None,
     steps: StepsOpt = None,
@@ -356,7 +395,7 @@ def _start(options: dict, *, probe_enabled: bool) -> None:
             _reprobe(from_run, options.get("etas"), options["data"], progress, devices)
             return
         if resume:
-            config = resumed_config(resume, options["steps"], options["data"])
+            config = resumed_config(resume, options)
         else:
             keep_all = options.pop("keep_all") or None  # a flag left off keeps the preset's
             config = build_config(**options, keep_all=keep_all)
