@@ -20,6 +20,7 @@ like any run's.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from landscape.config import CheckpointConfig, ModelConfig, ProbeConfig, RunConfig
+from landscape.files import atomic_write_text
 from landscape.probe import default_strategy, probe
 from landscape.results import METRICS_FILE, PROBE_FILE, RecordWriter
 from landscape.rundir import prepare_run_dir
@@ -42,7 +44,8 @@ class LoopRecorder:
     ``etas`` are the absolute step sizes of the probe grid (the paper's: [1/2, 4] x the
     learning rate). ``every`` probes every k-th step it is called with. ``variant`` names the
     records' folder. ``config`` is saved as the run's ``config.json``; by default one that says
-    the steps came from a user's loop (``preset="loop"``). ``overwrite`` replaces an existing
+    the steps came from a user's loop (``preset="loop"``), whose number of steps is kept up to
+    date with the rows written (the summary's phases and the figures' axes follow it). ``overwrite`` replaces an existing
     run directory; otherwise an existing one is refused (``rundir.RunError``). Rows stay on the
     device and reach the files every ``flush_every`` calls and at ``flush``/``close``, so the
     loop never waits for the host on a step.
@@ -67,8 +70,11 @@ class LoopRecorder:
         self.every = every
         self.variant = variant
         strategy = default_strategy(builtin=False) if strategy == "auto" else strategy
+        self._counts_steps = config is None
+        self._steps = 0  # one past the newest step recorded
         if config is None:
             config = RunConfig(
+                steps=1,  # the least a config holds; the rows written raise it
                 preset="loop",
                 data="the user's loop",
                 variants=(variant,),
@@ -76,7 +82,7 @@ class LoopRecorder:
                 checkpoint=CheckpointConfig(every=0),
                 probe=ProbeConfig(etas=tuple(float(e) for e in np.asarray(self.etas)), every=every),
             )
-        prepare_run_dir(self.run_dir, config, resume=False, overwrite=overwrite)
+        self.config = prepare_run_dir(self.run_dir, config, resume=False, overwrite=overwrite)
         folder = self.run_dir / variant
         self._probes = RecordWriter(folder / PROBE_FILE)
         self._metrics = RecordWriter(folder / METRICS_FILE)
@@ -136,6 +142,17 @@ class LoopRecorder:
         """Writes the rows gathered so far, in one transfer from the device."""
         probes, metrics = jax.device_get((self._pending_probes, self._pending_metrics))
         self._pending_probes, self._pending_metrics = [], []
+        # A training row or a probe at step n means n + 1 steps; an evaluation at step n (the
+        # paper's: after n steps) means n.
+        trained = [row["step"] + 1 for row in probes] + [
+            row["step"] + (1 if "loss" in row else 0) for row in metrics
+        ]
+        if self._counts_steps and max(trained, default=0) > self._steps:
+            self._steps = max(trained)
+            self.config = self.config.replace(steps=self._steps)
+            atomic_write_text(
+                self.run_dir / "config.json", json.dumps(self.config.to_dict(), indent=2) + "\n"
+            )
         self._probes.write([probe_record(row) for row in probes])
         self._metrics.write(
             [

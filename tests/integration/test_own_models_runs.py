@@ -17,7 +17,7 @@ from landscape.config import (
 from landscape.data import load_dataset
 from landscape.probe import probe
 from landscape.recorder import LoopRecorder
-from landscape.rundir import RunError
+from landscape.rundir import RunError, load_config
 from landscape.runs import Trainer, reprobe, run
 from landscape.train import build_network, make_loss_fn, model_loss, step_batch
 
@@ -110,6 +110,8 @@ def test_recorder_in_a_hand_written_loop_matches_landscape_probe(linen_run, data
             state = new_state
     ours = read_jsonl(tmp_path / "loop" / "batchnorm" / "probe.jsonl")
     theirs = read_jsonl(linen_run / "batchnorm" / "probe.jsonl")
+    # The run's length is the loop's, for the summary's phases and the figures' axes.
+    assert load_config(tmp_path / "loop").steps == config.steps
     assert [r["step"] for r in ours] == [r["step"] for r in theirs]
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)

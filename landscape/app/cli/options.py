@@ -23,7 +23,7 @@ DataOpt = Annotated[
     str | None,
     typer.Option(
         "--data",
-        help="Data: 'synthetic', a path to cifar-10-binary.tar.gz or cifar-100-binary.tar.gz (100 fine classes; 'cifar100' looks in the cache folder) or their folders, mnist:DIR or fashion-mnist:DIR (the official IDX files), an image folder/tar with train/<class>/ and test/<class>/; 'dln' or 'dln:SEED' is the deep linear network's regression task (y = A x, 1,000 Gaussian inputs). Default: the preset's; for real CIFAR-10 $LANDSCAPE_DATA, then the cache (~/.cache/landscape), then download.",
+        help="Data: 'synthetic', a path to cifar-10-binary.tar.gz or cifar-100-binary.tar.gz (100 fine classes; 'cifar100' looks in the cache folder) or their folders, mnist:DIR or fashion-mnist:DIR (the official IDX files), an image folder/tar with train/<class>/ and test/<class>/; your own arrays: a file.npz with x_train, y_train, x_test, y_test (float targets: a regression task), or package.module:function returning them (docs/own-models.md); 'dln' or 'dln:SEED' is the deep linear network's regression task (y = A x, 1,000 Gaussian inputs). Default: the preset's; for real CIFAR-10 $LANDSCAPE_DATA, then the cache (~/.cache/landscape), then download.",
     ),
 ]
 
