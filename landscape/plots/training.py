@@ -364,38 +364,60 @@ def dln_title(config: dict[str, Any]) -> str | None:
 def dln_training_curves_figure(
     metrics: dict[str, dict[str, dict[str, np.ndarray]]], *, smooth: int | None = None
 ) -> Figure:
-    """A regression run's curves: (a) training loss per step, (b) test loss at each evaluation.
+    """A deep linear network run's curves: (a) training loss per step, (b) test loss.
 
-    ``metrics`` is ``landscape.results.load_metrics(run_dir)`` of a deep linear network run,
-    on log axes: (a) the training objective ``||F(X) - A X||_F^2`` summed over the full batch,
-    (b) the test squared error per held-out sample ``||f(x) - A x||^2`` (mean over samples).
-    There is no accuracy to draw. ``smooth`` as in ``training_curves_figure``.
+    ``metrics`` is ``landscape.results.load_metrics(run_dir)``, on log axes: (a) the training
+    objective ``||F(X) - A X||_F^2`` summed over the full batch, (b) the test squared error per
+    held-out sample ``||f(x) - A x||^2`` (mean over samples). ``smooth`` as in
+    ``training_curves_figure``.
+    """
+    return regression_curves_figure(
+        metrics,
+        smooth=smooth,
+        train=("(a) training loss (full batch)", DLN_LOSS_LABEL + ", summed over samples"),
+        test=("(b) test loss (held-out inputs)", r"$\Vert f(x) - Ax\Vert^2$, mean over samples"),
+    )
+
+
+def regression_curves_figure(
+    metrics: dict[str, dict[str, dict[str, np.ndarray]]],
+    *,
+    smooth: int | None = None,
+    train: tuple[str, str] = ("(a) training loss", "loss on the batch"),
+    test: tuple[str, str] = ("(b) test loss", "loss, mean over the test set"),
+) -> Figure:
+    """A run without accuracy (a regression): (a) training loss per step, (b) test loss at each
+    evaluation, on log axes; ``train`` and ``test`` are each panel's (title, y label).
+
+    ``metrics`` is ``landscape.results.load_metrics(run_dir)``; ``smooth`` as in
+    ``training_curves_figure``.
     """
     fig, axes = new_figure(2)
     ax_train, ax_test = axes[0]
     any_test = False
     for variant, m in metrics.items():
         color = variant_color(variant)
-        train = m.get("train") or {}
-        if train and len(train.get("step", ())) and "loss" in train:
-            steps = np.asarray(train["step"])
-            values = for_log(train["loss"])
+        rows = m.get("train") or {}
+        if rows and len(rows.get("step", ())) and "loss" in rows:
+            steps = np.asarray(rows["step"])
+            values = for_log(rows["loss"])
             window = max(1, len(steps) // 50) if smooth is None else smooth
             if window > 1:
                 ax_train.plot(steps, values, color=color, lw=0.5, alpha=0.25)
                 values = moving_average(values, window)
             ax_train.plot(steps, values, color=color, lw=1.5)
-        test = m.get("test") or {}
-        if test and len(test.get("step", ())) and "test_loss" in test:
+        evaluated = m.get("test") or {}
+        if evaluated and len(evaluated.get("step", ())) and "test_loss" in evaluated:
             any_test = True
             ax_test.plot(
-                test["step"], for_log(test["test_loss"]), color=color, marker="o", ms=4, lw=1.3
+                evaluated["step"],
+                for_log(evaluated["test_loss"]),
+                color=color,
+                marker="o",
+                ms=4,
+                lw=1.3,
             )
-    labels = (
-        ("(a) training loss (full batch)", DLN_LOSS_LABEL + ", summed over samples"),
-        ("(b) test loss (held-out inputs)", r"$\Vert f(x) - Ax\Vert^2$, mean over samples"),
-    )
-    for ax, (title, ylabel) in zip(axes[0], labels, strict=True):
+    for ax, (title, ylabel) in zip(axes[0], (train, test), strict=True):
         log_axis(ax)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
@@ -405,6 +427,25 @@ def dln_training_curves_figure(
         say_empty(ax_test, "no evaluation recorded")
     figure_legend(fig, legend_handles(metrics))
     return fig
+
+
+def _has_accuracy(metrics: dict[str, dict[str, dict[str, np.ndarray]]]) -> bool:
+    """Returns whether any variant recorded a finite training accuracy (a classification)."""
+    for m in metrics.values():
+        accuracy = (m.get("train") or {}).get("accuracy")
+        if accuracy is not None and np.isfinite(np.asarray(accuracy, dtype=np.float64)).any():
+            return True
+    return False
+
+
+def _loss_label(config: dict[str, Any]) -> str:
+    """Returns the training loss's name for an axis: the config's ``--loss``, or the default
+    for the task (cross-entropy for classes, the mean squared error otherwise)."""
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    loss = model.get("loss")
+    if isinstance(loss, str) and loss and loss != "cross_entropy":
+        return loss.replace("_", " ")
+    return "cross-entropy (nats)" if loss == "cross_entropy" else ""
 
 
 def figures_for_model(
@@ -421,9 +462,20 @@ def figures_for_model(
     training curves are the regression's (training and test loss; no accuracy).
     """
     title = dln_title(config)
-    if title is None:
-        return figures
     out = dict(figures)
+    if title is None:
+        if "training_curves" in out and not _has_accuracy(metrics):
+            # No accuracy: a regression, trained with the mean squared error unless --loss.
+            loss = _loss_label(config) or "mean squared error"
+            out["training_curves"] = regression_curves_figure(
+                metrics,
+                smooth=smooth or None,
+                train=("(a) training loss", f"{loss} on the batch"),
+                test=("(b) test loss", f"{loss}, mean over the test set"),
+            )
+        elif "training_curves" in out and _loss_label(config):
+            out["training_curves"].axes[0].set_ylabel(_loss_label(config))
+        return out
     if "loss_landscape" in out:
         fig = out["loss_landscape"]
         fig.axes[0].set_ylabel(DLN_LOSS_LABEL + " over η range")

@@ -249,6 +249,44 @@ def test_training_curves_without_evaluation(tmp_path):
     render(fig)
 
 
+def test_training_curves_of_a_regression_show_losses_not_accuracy(tmp_path):
+    # Float targets: the accuracy is NaN, and the loss is the mean squared error (or --loss).
+    run = write_fake_run(tmp_path / "run", probe=False)
+    for variant in ("standard", "batchnorm"):
+        path = run / variant / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for row in rows:
+            for key in ("accuracy", "test_accuracy"):
+                if key in row:
+                    row[key] = math.nan
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fig = plots.run_figures(run)["training_curves"]
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["(a) training loss", "(b) test loss"]
+    assert axes[0].get_ylabel() == "mean squared error on the batch"
+    assert list(axes[1].lines[0].get_xdata()) == [199, 399]
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["loss"] = "mynets:huber"
+    (run / "config.json").write_text(json.dumps(config))
+    assert plots.run_figures(run)["training_curves"].get_axes()[0].get_ylabel() == (
+        "mynets:huber on the batch"
+    )
+    render(fig)
+
+
+def test_training_curves_name_a_loss_other_than_cross_entropy(tmp_path):
+    run_dir = write_fake_run(tmp_path / "run", probe=False)
+    assert plots.run_figures(run_dir)["training_curves"].get_axes()[0].get_ylabel() == (
+        "cross-entropy (nats)"
+    )
+    config = json.loads((run_dir / "config.json").read_text())
+    config["model"]["loss"] = "sum_squared_error"
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert plots.run_figures(run_dir)["training_curves"].get_axes()[0].get_ylabel() == (
+        "sum squared error"
+    )
+
+
 def test_grad_dist_vs_eta_figure(records):
     fig = plots.grad_dist_vs_eta_figure(records)
     axes = fig.get_axes()
