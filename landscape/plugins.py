@@ -94,6 +94,11 @@ def call_factory(factory: Callable, spec: str, arguments: dict[str, Any], **offe
     if signature is not None:
         takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
         extra = {k: v for k, v in offered.items() if takes_any or k in signature.parameters}
+        for name in sorted(set(arguments) & set(extra)):
+            raise PluginError(
+                f"{spec!r}: {name} is passed by landscape itself ({name}={extra[name]!r}); "
+                "leave it out of the factory's arguments"
+            )
         try:
             signature.bind(**arguments, **extra)
         except TypeError as err:

@@ -47,6 +47,12 @@ def test_options_name_the_variants_and_the_factory_keyword():
         apply_model_options(RunConfig(), ["own_models:linen_mlp", "own_models:nnx_net"])
 
 
+def test_a_model_argument_landscape_passes_itself_is_one_line():
+    config = ModelConfig(factory="own_models:linen_mlp", model_args=(("num_outputs", 1),))
+    with pytest.raises(NetworkError, match=r"num_outputs is passed by landscape itself \(num_"):
+        build_network(config, 3)
+
+
 def test_linen_adapter_is_the_module_itself(dataset):
     network = build_network(ModelConfig(factory="own_models:linen_mlp"), 3)
     params, state = network.init(jax.random.key(0), jnp.zeros((1, 6, 6, 3)))
