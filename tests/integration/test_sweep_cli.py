@@ -135,6 +135,12 @@ def test_cli_sweep_and_summary(tmp_path):
     assert "lr=0.1" in summary.output and "batchnorm" in summary.output
     assert (sweep_dir / "summary.csv").exists()
     assert (sweep_dir / "sweep.png").stat().st_size > 0  # the figure over the learning rate
+    # A run's commands given the sweep's directory point to the sweep's own.
+    for command in ("summary", "plot"):
+        mistaken = runner.invoke(app, [command, str(sweep_dir)])
+        assert mistaken.exit_code == 2
+        assert "is a sweep, not a run" in mistaken.output
+        assert f"landscape sweep {sweep_dir} prints" in " ".join(mistaken.output.split())
 
 
 def test_a_job_array_runs_one_configuration_per_task_at_once(tmp_path):

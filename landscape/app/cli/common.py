@@ -131,10 +131,16 @@ def format_number(value: float) -> str:
 
 def load_saved_config(run_dir: Path) -> RunConfig:
     from landscape.rundir import RunError, load_config
+    from landscape.sweep import SWEEP_FILE
 
     try:
         return load_config(run_dir)
     except RunError as err:
+        if (Path(run_dir) / SWEEP_FILE).exists() and not (Path(run_dir) / "config.json").exists():
+            fail(
+                f"{run_dir} is a sweep, not a run: each of its runs is a folder inside it; "
+                f"landscape sweep {run_dir} prints its summary"
+            )
         fail(str(err))
         raise  # unreachable: fail exits
 
