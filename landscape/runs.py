@@ -639,8 +639,14 @@ def _progress(enabled: bool, total: int, variants: list[str]) -> Iterator[Callab
         def make(variant: str) -> Callable:
             task = tasks[variant]
             bar.start_task(task)
+            first = [True]
 
             def on_step(step: int, last: dict[str, float]) -> None:
+                if first[0]:
+                    # A resumed run starts at its checkpoint: the speed counts from there, not
+                    # from step 0 in the time of one step.
+                    bar.reset(task, completed=step - 1)
+                    first[0] = False
                 speed = bar.tasks[task].speed
                 accuracy = last.get("accuracy", float("nan"))  # NaN: a regression (DLN) run
                 bar.update(
