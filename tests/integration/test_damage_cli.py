@@ -84,7 +84,10 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path):
     finally:
         first.kill()
         first.wait()
-    resumed = landscape("train", "--resume", run_dir, "--steps", "12", "--no-progress")
+    # The killed writer's lock is taken over; a --steps that would shorten the run is refused.
+    shorter = landscape("train", "--resume", run_dir, "--steps", "12", "--no-progress")
+    assert "was started for 400 steps" in one_line_error(shorter)
+    resumed = landscape("train", "--resume", run_dir, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
 
 
