@@ -33,7 +33,8 @@ from landscape.rundir import (
     provenance,
     run_dir_lock,
 )
-from landscape.runs import Trainer, _probe_row, probe_record
+from landscape.runs import Trainer
+from landscape.step_records import probe_record, probe_row
 
 ANALYSIS_BATCHES = (
     "analysis batches: step t is probed on the batch drawn from (seed, t); the batches the "
@@ -194,7 +195,7 @@ def _adopt_into(
                 state = first if step == steps[0] else state_at(step)
                 checkpointer.save(step, state)
                 out, result = trainer.probe_at(state, step)
-                row = jax.device_get(_probe_row(step, trainer.etas, result))
+                row = jax.device_get(probe_row(step, trainer.etas, result))
                 probes.write([probe_record(row)])
                 loss, accuracy = jax.device_get((out.loss, out.accuracy))
                 metrics.write([{"step": step, "loss": float(loss), "accuracy": float(accuracy)}])

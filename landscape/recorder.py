@@ -35,7 +35,7 @@ from landscape.files import atomic_write_text
 from landscape.probe import default_strategy, probe
 from landscape.results import METRICS_FILE, PROBE_FILE, RecordWriter
 from landscape.rundir import prepare_run_dir
-from landscape.runs import probe_record
+from landscape.step_records import probe_record
 
 
 class LoopRecorder:

@@ -15,7 +15,7 @@ CORE = {
     "config", "data", "models", "norms", "bn_math", "probe", "curvature", "ics", "activations",
     "surfaces", "surface_records", "mesh", "train", "sharding", "checkpoints", "results",
     "summary", "progress", "network", "equinox_network", "plugins", "user_data", "files",
-    "trajectory", "dataset", "archives", "cifar", "image_folders", "mnist",
+    "trajectory", "dataset", "archives", "cifar", "image_folders", "mnist", "step_records",
 }  # fmt: skip
 WORKFLOWS = {
     "rundir", "runs", "analyses", "analyses.hessian", "analyses.ics", "analyses.activations",

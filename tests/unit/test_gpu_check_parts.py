@@ -10,7 +10,7 @@ from helpers import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 from gpu_check import extrapolate_protocol, parse_variant_lines, summary
 
-from landscape.runs import VariantReport
+from landscape.step_records import VariantReport
 
 PRINTED = """run directory: /tmp/run
 standard: 300 steps in 41.5 s (7.23 steps/s), probe 61% of it (300 probed steps), checkpoints 2.3 s

@@ -15,6 +15,7 @@ from landscape.config import CheckpointConfig
 from landscape.results import divergence_line, load, load_divergence, load_metrics, read_rows
 from landscape.rundir import RunError
 from landscape.runs import Trainer, reprobe, run, train_variant
+from landscape.step_records import ProbeTiming
 
 
 def test_loss_decreases_on_synthetic_data(tmp_path, tiny_config, tiny_dataset):
@@ -368,7 +369,7 @@ def test_the_loop_queues_each_step_before_the_host_work_for_the_steps_before_it(
 
 
 def test_probe_timing_counts_the_unsampled_steps_at_the_sampled_mean():
-    timing = runs._ProbeTiming(first=3, every=25)
+    timing = ProbeTiming(first=3, every=25)
     assert [i for i in range(60) if timing.samples(i)] == [0, 1, 2, 25, 50]
     assert timing.estimate(0) == 0.0
     timing.add(0, 5.0)  # the first includes compilation
