@@ -395,6 +395,7 @@ def train_variant(
             probe_now = probing and step % probe_every == 0
             fused = probe_now and trainer.train_probe_step is not None
             timed = probe_now and timing.samples(report.probes_run)
+            save_now = ckpt_every and step % ckpt_every == 0 and not (restored and step == start)
             if fused and timed:
                 jax.block_until_ready(state)
             t0 = time.perf_counter()
@@ -416,16 +417,14 @@ def train_variant(
                 # With --fuse, the whole fused step counts as probing (VariantReport.probe_s).
                 jax.block_until_ready(result)
                 probe_time = time.perf_counter() - t0
-            if (ckpt_every and step % ckpt_every == 0 and not (restored and step == start)) or (
-                step > start and step % max(cfg.log_every, 1) == 0
-            ):
+            if save_now or (step > start and step % max(cfg.log_every, 1) == 0):
                 # The rows of the steps before this one: flushed before the checkpoint of this
                 # step's starting state, so the records on disk always reach at least the newest
                 # checkpoint and a resumed run never misses or repeats a row.
                 recorder.flush()
                 if recorder.diverged is not None and not keep_going:
                     break  # before a state that is no longer finite is saved
-                if ckpt_every and step % ckpt_every == 0 and not (restored and step == start):
+                if save_now:
                     t1 = time.perf_counter()
                     checkpointer.save(step, state)
                     report.checkpoint_s += time.perf_counter() - t1
@@ -485,14 +484,15 @@ def _progress(enabled: bool, total: int, variants: list[str]) -> Iterator[Callab
         def make(variant: str) -> Callable:
             task = tasks[variant]
             bar.start_task(task)
-            first = [True]
+            first = True
 
             def on_step(step: int, last: dict[str, float]) -> None:
-                if first[0]:
+                nonlocal first
+                if first:
                     # A resumed run starts at its checkpoint: the speed counts from there, not
                     # from step 0 in the time of one step.
                     bar.reset(task, completed=step - 1)
-                    first[0] = False
+                    first = False
                 speed = bar.tasks[task].speed
                 accuracy = last.get("accuracy", float("nan"))  # NaN: a regression (DLN) run
                 bar.update(
