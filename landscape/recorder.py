@@ -45,10 +45,10 @@ class LoopRecorder:
     learning rate). ``every`` probes every k-th step it is called with. ``variant`` names the
     records' folder. ``config`` is saved as the run's ``config.json``; by default one that says
     the steps came from a user's loop (``preset="loop"``), whose number of steps is kept up to
-    date with the rows written (the summary's phases and the figures' axes follow it). ``overwrite`` replaces an existing
-    run directory; otherwise an existing one is refused (``rundir.RunError``). Rows stay on the
-    device and reach the files every ``flush_every`` calls and at ``flush``/``close``, so the
-    loop never waits for the host on a step.
+    date with the rows written (the summary's phases and the figures' axes follow it).
+    ``overwrite`` replaces an existing run directory; otherwise an existing one is refused
+    (``rundir.RunError``). Rows stay on the device and reach the files every ``flush_every``
+    calls and at ``flush``/``close``, so the loop never waits for the host on a step.
     """
 
     def __init__(
@@ -71,7 +71,6 @@ class LoopRecorder:
         self.variant = variant
         strategy = default_strategy(builtin=False) if strategy == "auto" else strategy
         self._counts_steps = config is None
-        self._steps = 0  # one past the newest step recorded
         if config is None:
             config = RunConfig(
                 steps=1,  # the least a config holds; the rows written raise it
@@ -147,9 +146,8 @@ class LoopRecorder:
         trained = [row["step"] + 1 for row in probes] + [
             row["step"] + (1 if "loss" in row else 0) for row in metrics
         ]
-        if self._counts_steps and max(trained, default=0) > self._steps:
-            self._steps = max(trained)
-            self.config = self.config.replace(steps=self._steps)
+        if self._counts_steps and max(trained, default=0) > self.config.steps:
+            self.config = self.config.replace(steps=max(trained))
             atomic_write_text(
                 self.run_dir / "config.json", json.dumps(self.config.to_dict(), indent=2) + "\n"
             )

@@ -438,14 +438,14 @@ def _has_accuracy(metrics: dict[str, dict[str, dict[str, np.ndarray]]]) -> bool:
     return False
 
 
-def _loss_label(config: dict[str, Any]) -> str:
-    """Returns the training loss's name for an axis: the config's ``--loss``, or the default
-    for the task (cross-entropy for classes, the mean squared error otherwise)."""
+def _loss_name(config: dict[str, Any]) -> str | None:
+    """Returns the loss a run's config names with ``--loss``, in words, or None for the
+    built-in default (cross-entropy for classes, the mean squared error otherwise)."""
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
     loss = model.get("loss")
     if isinstance(loss, str) and loss and loss != "cross_entropy":
         return loss.replace("_", " ")
-    return "cross-entropy (nats)" if loss == "cross_entropy" else ""
+    return None
 
 
 def figures_for_model(
@@ -466,15 +466,15 @@ def figures_for_model(
     if title is None:
         if "training_curves" in out and not _has_accuracy(metrics):
             # No accuracy: a regression, trained with the mean squared error unless --loss.
-            loss = _loss_label(config) or "mean squared error"
+            loss = _loss_name(config) or "mean squared error"
             out["training_curves"] = regression_curves_figure(
                 metrics,
                 smooth=smooth or None,
                 train=("(a) training loss", f"{loss} on the batch"),
                 test=("(b) test loss", f"{loss}, mean over the test set"),
             )
-        elif "training_curves" in out and _loss_label(config):
-            out["training_curves"].axes[0].set_ylabel(_loss_label(config))
+        elif "training_curves" in out and _loss_name(config):
+            out["training_curves"].axes[0].set_ylabel(_loss_name(config))
         return out
     if "loss_landscape" in out:
         fig = out["loss_landscape"]
